@@ -1,0 +1,16 @@
+"""Generated protobuf and gRPC modules (see scripts/gen_protos.py).
+
+Short aliases for the modules the rest of the package uses::
+
+    from jupyter_ds_jobs._proto import jobs_pb2, pjs_pb2, pjs_grpc, op_pb2, ops_pb2, ops_grpc
+"""
+
+from jupyter_ds_jobs._proto.google.rpc import status_pb2
+from jupyter_ds_jobs._proto.yandex.cloud.datasphere.v2.jobs import jobs_pb2
+from jupyter_ds_jobs._proto.yandex.cloud.datasphere.v2.jobs import project_job_service_pb2 as pjs_pb2
+from jupyter_ds_jobs._proto.yandex.cloud.datasphere.v2.jobs import project_job_service_pb2_grpc as pjs_grpc
+from jupyter_ds_jobs._proto.yandex.cloud.operation import operation_pb2 as op_pb2
+from jupyter_ds_jobs._proto.yandex.cloud.operation import operation_service_pb2 as ops_pb2
+from jupyter_ds_jobs._proto.yandex.cloud.operation import operation_service_pb2_grpc as ops_grpc
+
+__all__ = ["jobs_pb2", "op_pb2", "ops_grpc", "ops_pb2", "pjs_grpc", "pjs_pb2", "status_pb2"]

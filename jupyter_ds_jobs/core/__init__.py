@@ -1,0 +1,1 @@
+"""jupyter_ds_jobs.core."""
