@@ -1,0 +1,111 @@
+"""The connection file of a job server: where it listens and with which token.
+
+A running server writes ``ds-jobs-server.json`` (mode 0600) into its state dir
+and into the Jupyter runtime dir::
+
+    {"endpoint": "127.0.0.1:40123", "http_url": "http://127.0.0.1:40124",
+     "token": "...", "pid": 1234, "state_dir": "/home/u/.local/share/jupyter/ds-jobs",
+     "version": "0.1.0"}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from jupyter_ds_jobs.core.errors import FailedPrecondition
+
+__all__ = [
+    "CONNECTION_FILE_NAME",
+    "ConnectionInfo",
+    "default_state_dir",
+    "pid_alive",
+    "runtime_dir",
+]
+
+CONNECTION_FILE_NAME = "ds-jobs-server.json"
+
+
+def runtime_dir() -> Path:
+    """The Jupyter runtime dir (``JUPYTER_RUNTIME_DIR`` or jupyter_core's default)."""
+    env = os.environ.get("JUPYTER_RUNTIME_DIR")
+    if env:
+        return Path(env)
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        return Path(jupyter_runtime_dir())
+    except ImportError:  # pragma: no cover - jupyter_core comes with nbformat
+        return Path.home() / ".local" / "share" / "jupyter" / "runtime"
+
+
+def default_state_dir() -> Path:
+    """Where the embedded server keeps its state (``DS_JOBS_STATE_DIR`` overrides)."""
+    env = os.environ.get("DS_JOBS_STATE_DIR")
+    if env:
+        return Path(env)
+    try:
+        from jupyter_core.paths import jupyter_data_dir
+
+        return Path(jupyter_data_dir()) / "ds-jobs"
+    except ImportError:  # pragma: no cover
+        return Path.home() / ".local" / "share" / "jupyter" / "ds-jobs"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    endpoint: str
+    http_url: str
+    token: str
+    pid: int
+    state_dir: str
+    version: str = ""
+
+    def write(self, path: Path) -> None:
+        """Write atomically with mode 0600."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f, indent=1)
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> ConnectionInfo:
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{k: data[k] for k in ("endpoint", "http_url", "token", "pid", "state_dir")},
+                       version=data.get("version", ""))  # fmt: skip
+        except FileNotFoundError:
+            raise FailedPrecondition(f"no job server connection file at {path}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise FailedPrecondition(f"unreadable job server connection file {path}: {e}") from None
+
+    @classmethod
+    def find(cls, state_dir: Path | None = None) -> ConnectionInfo | None:
+        """The connection of a live server: from ``state_dir`` if given, else the runtime dir."""
+        path = (state_dir if state_dir else runtime_dir()) / CONNECTION_FILE_NAME
+        try:
+            info = cls.read(path)
+        except FailedPrecondition:
+            return None
+        return info if pid_alive(info.pid) else None
+
+    def remove_from(self, path: Path) -> None:
+        """Remove ``path`` if it still describes this server."""
+        with contextlib.suppress(FailedPrecondition, OSError):
+            if ConnectionInfo.read(path).pid == self.pid:
+                path.unlink()
