@@ -106,6 +106,16 @@ def report_progress(message: str, progress: float | None = None) -> None:
 # --------------------------------------------------------------------------- errors
 
 
+def _add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``, also on a job Python older than 3.11."""
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        with contextlib.suppress(Exception):
+            exc.__notes__ = notes
+    notes.append(note)
+
+
 def _is_cell_or_user_frame(filename: str, cell_filename: str) -> bool:
     return filename == cell_filename or os.path.normcase(os.path.abspath(filename)) != _THIS_FILE
 
@@ -156,6 +166,9 @@ def error_record(exc: BaseException, cell_filename: str) -> dict[str, Any]:
             lineno = fs.lineno
     if isinstance(exc, SyntaxError) and exc.filename == cell_filename:
         lineno = exc.lineno
+    formatted = "".join(te.format())
+    if sys.version_info < (3, 11):  # noqa: UP036 - the job may run an older Python; it omits notes
+        formatted += "".join(f"{note}\n" for note in getattr(exc, "__notes__", None) or ())
     try:
         message = str(exc)
     except Exception as e:  # a broken __str__ must not hide the error
@@ -165,7 +178,7 @@ def error_record(exc: BaseException, cell_filename: str) -> dict[str, Any]:
         "module": type(exc).__module__,
         "message": message,
         "traceback": frames,
-        "formatted": "".join(te.format()),
+        "formatted": formatted,
         "lineno": lineno,
         "pickled": _pickle_exception(exc),
     }
@@ -254,7 +267,7 @@ def _load_inputs(job_dir: Path, manifest: Mapping[str, Any], ns: dict[str, Any],
         try:
             ns[name] = loaded.objects[name] = importlib.import_module(module_name)
         except BaseException as e:
-            e.add_note(f"(while importing module {module_name!r} as input variable {name!r} of the cell)")
+            _add_note(e, f"(while importing module {module_name!r} as input variable {name!r} of the cell)")
             raise
     for name in manifest.get("inputs") or ():
         path = job_dir / input_files.get(name, f"{INPUTS_DIR}/{name}.pkl")
@@ -264,7 +277,7 @@ def _load_inputs(job_dir: Path, manifest: Mapping[str, Any], ns: dict[str, Any],
             with open(path, "rb") as f:
                 value = cloudpickle.load(f)
         except BaseException as e:
-            e.add_note(f"(while loading input variable {name!r} of the cell from {path.name})")
+            _add_note(e, f"(while loading input variable {name!r} of the cell from {path.name})")
             raise
         ns[name] = loaded.objects[name] = value
         loaded.files[name] = path
