@@ -1,0 +1,986 @@
+"""Job Python environments: virtual environments built with uv and cached by content.
+
+A job's ``python_env`` (python version, pip requirements, pip options, or a conda YAML whose
+``python`` and ``pip:`` parts are honoured) becomes an :class:`EnvSpec`. The
+:class:`EnvironmentCache` maps it to an :class:`Environment` — an interpreter reached by absolute
+path, plus the venv's ``bin/`` — building the venv with ``uv`` on a miss.
+
+Layout under the cache root::
+
+    envs/<key>/                 a published venv (relocatable); <key> hashes interpreter + spec
+    envs/<key>/.jds-env.json    written before publishing; its mtime is the last-used time
+    tmp/<key>.<pid>.<rand>/     a build in progress; renamed onto envs/<key> when complete
+    uv-cache/                   uv's cache (unless UV_CACHE_DIR is set in the environment)
+
+* A hit is one ``utime`` on the marker: no subprocess, no index request.
+* A miss builds into ``tmp/`` with ``uv venv --relocatable`` and ``uv pip install``, then publishes
+  with one atomic ``rename``; a failed build removes its temp dir, so nothing is left behind.
+  Identical concurrent misses in one event loop share one build; two processes racing on one root
+  both build and the loser discards its copy.
+* When the package index cannot be reached, the install is retried with ``--offline`` from uv's
+  cache before the build fails.
+* Past ``size_cap_bytes`` the least-recently-used environments that are not in use
+  (:meth:`EnvironmentCache.acquire`) are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from jupyter_ds_jobs.core.errors import FailedPrecondition, InvalidArgument
+
+if TYPE_CHECKING:
+    from jupyter_ds_jobs._proto import jobs_pb2
+
+__all__ = [
+    "EnvSpec",
+    "Environment",
+    "EnvironmentBuildError",
+    "EnvironmentCache",
+    "normalize_requirement",
+]
+
+LogFn = Callable[[str], None]
+
+_KEY_FORMAT = 1
+_MARKER = ".jds-env.json"
+_REQ_FIELD = "env.python_env.requirements"
+_VERSION_FIELD = "env.python_env.python_version"
+_CONDA_FIELD = "env.python_env.conda_yaml"
+_STDERR_KEEP = 200  # lines of uv's stderr kept for the error message
+_LINE_MAX = 64 * 1024
+
+_NETWORK_ERROR = re.compile(
+    r"Failed to fetch|error sending request|tcp connect error|dns error|failed to lookup address"
+    r"|Connection refused|Network is unreachable|Could not connect|operation timed out|Request failed after",
+    re.IGNORECASE,
+)
+
+
+class EnvironmentBuildError(FailedPrecondition):
+    """Building a job's environment failed; ``stderr`` holds uv's own error output."""
+
+    def __init__(self, message: str, *, stderr: str = "", returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+        self.returncode = returncode
+
+
+# --------------------------------------------------------------------------------------------------
+# Requirement strings (PEP 508), validated without third-party packages.
+
+_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_VERSION_RE = re.compile(
+    r"v?(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*"
+    r"(?:[-_.]?(?:a|b|c|rc|alpha|beta|pre|preview)[-_.]?[0-9]*)?"
+    r"(?:-[0-9]+|[-_.]?(?:post|rev|r)[-_.]?[0-9]*)?"
+    r"(?:[-_.]?dev[-_.]?[0-9]*)?"
+    r"(?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?",
+    re.IGNORECASE,
+)
+_SPEC_RE = re.compile(r"\s*(~=|===|==|!=|<=|>=|<|>)\s*([^\s,;()]+)\s*")
+_MARKER_VARS = frozenset(
+    {
+        "python_version",
+        "python_full_version",
+        "os_name",
+        "sys_platform",
+        "platform_release",
+        "platform_system",
+        "platform_version",
+        "platform_machine",
+        "platform_python_implementation",
+        "implementation_name",
+        "implementation_version",
+        "extra",
+        "dependency_groups",
+        "extras",
+        # legacy spellings still accepted by pip
+        "os.name",
+        "sys.platform",
+        "platform.version",
+        "platform.machine",
+        "platform.python_implementation",
+        "python_implementation",
+    }
+)
+_MARKER_TOKEN = re.compile(
+    r"\s*(?:(?P<str>'[^']*'|\"[^\"]*\")|(?P<op>===|==|!=|<=|>=|~=|<|>|not\s+in\b|in\b)"
+    r"|(?P<kw>and\b|or\b)|(?P<paren>[()])|(?P<var>[A-Za-z_][A-Za-z0-9_.]*))"
+)
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503 normalized project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _check_marker(marker: str) -> str:
+    """Validate a PEP 508 environment marker; return it with whitespace collapsed."""
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    text = marker.strip()
+    while pos < len(text):
+        m = _MARKER_TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            raise ValueError(f"cannot parse the marker at {text[pos:]!r}")
+        kind = m.lastgroup or ""
+        tokens.append((kind, m.group(kind)))
+        pos = m.end()
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    if not tokens:
+        raise ValueError("empty marker after ';'")
+    i = 0
+
+    def value() -> None:
+        nonlocal i
+        if i >= len(tokens):
+            raise ValueError("marker ends too early")
+        kind, tok = tokens[i]
+        if kind == "var" and tok not in _MARKER_VARS:
+            raise ValueError(f"unknown marker variable {tok!r}")
+        if kind not in ("var", "str"):
+            raise ValueError(f"expected a marker variable or a quoted string, got {tok!r}")
+        i += 1
+
+    def atom() -> None:
+        nonlocal i
+        if i < len(tokens) and tokens[i] == ("paren", "("):
+            i += 1
+            expr()
+            if i >= len(tokens) or tokens[i] != ("paren", ")"):
+                raise ValueError("unbalanced '(' in the marker")
+            i += 1
+            return
+        value()
+        if i >= len(tokens) or tokens[i][0] != "op":
+            raise ValueError("expected a comparison operator in the marker")
+        i += 1
+        value()
+
+    def expr() -> None:
+        nonlocal i
+        atom()
+        while i < len(tokens) and tokens[i][0] == "kw":
+            i += 1
+            atom()
+
+    expr()
+    if i != len(tokens):
+        raise ValueError(f"unexpected {tokens[i][1]!r} in the marker")
+    text = " ".join(tok if kind != "op" else " ".join(tok.split()) for kind, tok in tokens)
+    return text.replace("( ", "(").replace(" )", ")")
+
+
+def _check_specifiers(text: str) -> str:
+    inner = text.strip()
+    if inner.startswith("("):
+        if not inner.endswith(")"):
+            raise ValueError("unbalanced '(' in the version specifier")
+        inner = inner[1:-1]
+    if not inner.strip():
+        return ""
+    out: list[str] = []
+    for part in inner.split(","):
+        m = _SPEC_RE.fullmatch(part)
+        if m is None:
+            raise ValueError(f"bad version specifier {part.strip()!r}")
+        op, version = m.groups()
+        if op != "===":
+            base = version[:-2] if op in ("==", "!=") and version.endswith(".*") else version
+            if not _VERSION_RE.fullmatch(base):
+                raise ValueError(f"bad version {version!r}")
+        out.append(op + version)
+    return ",".join(out)
+
+
+def normalize_requirement(requirement: str) -> str:
+    """Validate one pip requirement string (PEP 508) and return its normalized form.
+
+    The name is canonicalized and lower-cased, extras sorted, whitespace collapsed. Raises
+    ``ValueError`` with the reason on a string pip would not accept as a requirement.
+    """
+    text = requirement.strip()
+    if not text:
+        raise ValueError("empty requirement")
+    if text.startswith("-"):
+        raise ValueError("pip options are not requirements; use pip_options")
+    m = _NAME_RE.match(text)
+    if m is None:
+        raise ValueError("a requirement must start with a project name")
+    out = canonical_name(m.group(0))
+    pos = m.end()
+    rest = text[pos:].lstrip()
+    if rest.startswith("["):
+        close = rest.find("]")
+        if close < 0:
+            raise ValueError("unclosed '[' in extras")
+        extras = [e.strip() for e in rest[1:close].split(",") if e.strip()]
+        for extra in extras:
+            if not _NAME_RE.fullmatch(extra):
+                raise ValueError(f"bad extra name {extra!r}")
+        if extras:
+            out += "[" + ",".join(sorted({canonical_name(e) for e in extras})) + "]"
+        rest = rest[close + 1 :].lstrip()
+    marker = ""
+    if rest.startswith("@"):
+        m_url = re.fullmatch(r"(\S+)(?:\s+;(.*))?", rest[1:].strip(), re.DOTALL)
+        if m_url is None or not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", m_url.group(1)):
+            raise ValueError(f"bad URL after '@' in {rest!r} (a marker needs a space before ';')")
+        out += " @ " + m_url.group(1)
+        if m_url.group(2) is not None:
+            marker = _check_marker(m_url.group(2))
+    else:
+        spec_text, sep, marker_text = rest.partition(";")
+        specs = _check_specifiers(spec_text)
+        out += specs
+        if sep:
+            marker = _check_marker(marker_text)
+    if marker:
+        out += "; " + marker
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# conda YAML
+
+
+@dataclass
+class _CondaParts:
+    python_version: str = ""
+    requirements: list[str] | None = None
+    index_url: str = ""
+    extra_index_urls: list[str] | None = None
+    trusted_hosts: list[str] | None = None
+    no_deps: bool = False
+
+
+def _python_major_minor(text: str, field: str) -> str:
+    m = re.fullmatch(r"\s*(\d+)\.(\d+)(?:\.\d+)?\s*", text)
+    if m is None:
+        raise InvalidArgument(f"python version {text!r} must be major.minor, like 3.11", field=field)
+    return f"{int(m.group(1))}.{int(m.group(2))}"
+
+
+def _parse_pip_lines(lines: Sequence[str], parts: _CondaParts) -> None:
+    reqs = parts.requirements if parts.requirements is not None else []
+    extra = parts.extra_index_urls if parts.extra_index_urls is not None else []
+    hosts = parts.trusted_hosts if parts.trusted_hosts is not None else []
+    for raw in lines:
+        if not isinstance(raw, str):
+            raise InvalidArgument(f"pip entry {raw!r} is not a string", field=_CONDA_FIELD)
+        line = raw.strip()
+        if not line.startswith("-"):
+            reqs.append(line)
+            continue
+        opt, _, value = (
+            line.replace("=", " ", 1).partition(" ") if line.startswith("--") else line.partition(" ")
+        )
+        value = value.strip()
+        if opt == "--no-deps" and not value:
+            parts.no_deps = True
+        elif opt in ("--index-url", "-i") and value:
+            parts.index_url = value
+        elif opt == "--extra-index-url" and value:
+            extra.append(value)
+        elif opt == "--trusted-host" and value:
+            hosts.append(value)
+        else:
+            raise InvalidArgument(
+                f"pip option {line!r} is not supported here (only --index-url, --extra-index-url, "
+                "--trusted-host, --no-deps)",
+                field=_CONDA_FIELD,
+            )
+    parts.requirements, parts.extra_index_urls, parts.trusted_hosts = reqs, extra, hosts
+
+
+def parse_conda_yaml(text: str) -> _CondaParts:
+    """The parts of a conda environment YAML this server honours: python version and pip section.
+
+    Conda-only packages raise ``FailedPrecondition`` naming them.
+    """
+    parts = _CondaParts()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"not valid YAML: {exc}", field=_CONDA_FIELD) from None
+    if data is None:
+        return parts
+    if not isinstance(data, dict):
+        raise InvalidArgument("must be a mapping with a 'dependencies' list", field=_CONDA_FIELD)
+    deps = data.get("dependencies") or []
+    if not isinstance(deps, list):
+        raise InvalidArgument("'dependencies' must be a list", field=_CONDA_FIELD)
+    conda_only: list[str] = []
+    for dep in deps:
+        if isinstance(dep, dict):
+            if set(dep) != {"pip"} or not isinstance(dep["pip"], list):
+                raise InvalidArgument(
+                    f"dependency {dep!r}: only a 'pip:' list is allowed", field=_CONDA_FIELD
+                )
+            _parse_pip_lines(dep["pip"], parts)
+            continue
+        if not isinstance(dep, (str, int, float)):
+            raise InvalidArgument(f"dependency {dep!r} is not a string", field=_CONDA_FIELD)
+        spec = str(dep).strip()
+        m = re.match(r"(?:[^\s:]+::)?([A-Za-z0-9_.\-]+)\s*(.*)", spec)
+        if m is None:
+            raise InvalidArgument(f"cannot parse dependency {spec!r}", field=_CONDA_FIELD)
+        name, constraint = m.group(1).lower(), m.group(2).strip()
+        if name == "python":
+            if constraint:
+                vm = re.fullmatch(r"(?:==?)?\s*(\d+\.\d+)(?:\.[\d*]+|\.?\*)?(?:\s+\S+)?", constraint)
+                if vm is None:
+                    raise InvalidArgument(
+                        f"{spec!r}: pin python as python=3.X (ranges are not supported)", field=_CONDA_FIELD
+                    )
+                parts.python_version = _python_major_minor(vm.group(1), _CONDA_FIELD)
+        elif name != "pip":
+            conda_only.append(spec)
+    if conda_only:
+        raise FailedPrecondition(
+            "conda packages cannot be installed here, only pip ones; move these to the 'pip:' section "
+            f"of conda_yaml or to requirements: {', '.join(conda_only)}"
+        )
+    return parts
+
+
+# --------------------------------------------------------------------------------------------------
+# Specs and environments
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a job's environment is made of; equal specs share one cached environment."""
+
+    python_version: str  # "" = the server's own
+    requirements: tuple[str, ...]  # sorted, normalized
+    index_url: str = ""
+    extra_index_urls: tuple[str, ...] = ()
+    trusted_hosts: tuple[str, ...] = ()
+    no_deps: bool = False
+    find_links: tuple[str, ...] = ()  # server-side option (local wheels); not in the proto
+
+    @classmethod
+    def create(
+        cls,
+        python_version: str = "",
+        requirements: Iterable[str] = (),
+        *,
+        index_url: str = "",
+        extra_index_urls: Iterable[str] = (),
+        trusted_hosts: Iterable[str] = (),
+        no_deps: bool = False,
+        find_links: Iterable[str] = (),
+        field: str = _REQ_FIELD,
+    ) -> EnvSpec:
+        """Validate and normalize; a bad requirement is ``InvalidArgument`` naming the string."""
+        normalized: set[str] = set()
+        for req in requirements:
+            try:
+                normalized.add(normalize_requirement(req))
+            except ValueError as exc:
+                raise InvalidArgument(f"{req!r} is not a valid requirement: {exc}", field=field) from None
+        version = _python_major_minor(python_version, _VERSION_FIELD) if python_version.strip() else ""
+        return cls(
+            python_version=version,
+            requirements=tuple(sorted(normalized)),
+            index_url=index_url.strip(),
+            extra_index_urls=tuple(dict.fromkeys(u.strip() for u in extra_index_urls if u.strip())),
+            trusted_hosts=tuple(sorted({h.strip() for h in trusted_hosts if h.strip()})),
+            no_deps=no_deps,
+            find_links=tuple(dict.fromkeys(f for f in find_links if f)),
+        )
+
+    @classmethod
+    def from_proto(cls, python_env: jobs_pb2.PythonEnv) -> EnvSpec:
+        """Validate a job's ``PythonEnv``: requirements, pip options, python version, conda YAML."""
+        opts = python_env.pip_options
+        version = python_env.python_version.strip()
+        if version:
+            version = _python_major_minor(version, _VERSION_FIELD)
+        requirements = list(python_env.requirements)
+        # Validate the proto's own requirements first so the error names the right field.
+        cls.create("", requirements)
+        index_url = opts.index_url
+        extra = list(opts.extra_index_urls)
+        hosts = list(opts.trusted_hosts)
+        no_deps = bool(opts.no_deps)
+        if python_env.conda_yaml.strip():
+            conda = parse_conda_yaml(python_env.conda_yaml)
+            if conda.python_version:
+                if version and version != conda.python_version:
+                    raise InvalidArgument(
+                        f"python_version {version} disagrees with python={conda.python_version} in conda_yaml",
+                        field=_VERSION_FIELD,
+                    )
+                version = conda.python_version
+            pip_reqs = conda.requirements or []
+            cls.create("", pip_reqs, field=_CONDA_FIELD)
+            requirements += pip_reqs
+            index_url = index_url or conda.index_url
+            extra += conda.extra_index_urls or []
+            hosts += conda.trusted_hosts or []
+            no_deps = no_deps or conda.no_deps
+        return cls.create(
+            version,
+            requirements,
+            index_url=index_url,
+            extra_index_urls=extra,
+            trusted_hosts=hosts,
+            no_deps=no_deps,
+        )
+
+    def key(self, interpreter: Path) -> str:
+        """Stable hash of (interpreter, sorted requirements, pip options)."""
+        payload = json.dumps(
+            [
+                _KEY_FORMAT,
+                str(interpreter),
+                sorted(self.requirements),
+                self.index_url,
+                list(self.extra_index_urls),
+                sorted(self.trusted_hosts),
+                self.no_deps,
+                list(self.find_links),
+            ],
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+    def uv_install_args(self) -> list[str]:
+        """The ``uv pip install`` options for this spec (requirements not included)."""
+        args: list[str] = []
+        if self.index_url:
+            args += ["--index-url", self.index_url]
+        for url in self.extra_index_urls:
+            args += ["--extra-index-url", url]
+        for host in self.trusted_hosts:
+            args += ["--allow-insecure-host", host]
+        for link in self.find_links:
+            args += ["--find-links", link]
+        if self.no_deps:
+            args.append("--no-deps")
+        return args
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where a job's Python lives: an absolute interpreter, and the venv when there is one."""
+
+    python: Path
+    bin_dir: Path | None = None
+    venv: Path | None = None
+
+    def apply(self, env: Mapping[str, str]) -> dict[str, str]:
+        """A copy of ``env`` for the job's process: ``bin/`` first on PATH, VIRTUAL_ENV, unbuffered."""
+        out = dict(env)
+        first = str(self.bin_dir if self.bin_dir is not None else self.python.parent)
+        path = out.get("PATH", "")
+        out["PATH"] = first + os.pathsep + path if path else first
+        if self.venv is not None:
+            out["VIRTUAL_ENV"] = str(self.venv)
+        else:
+            out.pop("VIRTUAL_ENV", None)
+        out.pop("PYTHONHOME", None)
+        out["PYTHONUNBUFFERED"] = "1"
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Interpreter discovery
+
+
+def _version_of_name(name: str) -> str | None:
+    m = re.fullmatch(r"python(\d+)\.(\d+)", name)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _discover_pythons(env: Mapping[str, str]) -> dict[str, Path]:
+    """Installed CPython interpreters by major.minor: own, PATH, pyenv, uv-managed; never shims."""
+    found: dict[str, Path] = {}
+
+    def add(version: str, path: Path) -> None:
+        if version.startswith("3.") and version not in found and _is_executable(path):
+            found[version] = path
+
+    own = f"{sys.version_info.major}.{sys.version_info.minor}"
+    add(own, _own_base_interpreter())
+    pyenv_root = Path(env.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    for entry in env.get("PATH", "").split(os.pathsep):
+        if not entry:
+            continue
+        directory = Path(entry)
+        # Shims (pyenv, asdf) re-exec through a shell script: slow, and may not even run.
+        if directory.name == "shims" or (directory.parent / "pyvenv.cfg").exists():
+            continue
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            version = _version_of_name(name)
+            if version:
+                add(version, directory.absolute() / name)
+    pyenv_versions = pyenv_root / "versions"
+    if pyenv_versions.is_dir():
+        for vdir in sorted(pyenv_versions.iterdir(), key=lambda p: _version_sort_key(p.name), reverse=True):
+            m = re.fullmatch(r"(\d+)\.(\d+)\.\d+", vdir.name)
+            if m:
+                version = f"{m.group(1)}.{m.group(2)}"
+                add(version, vdir / "bin" / f"python{version}")
+    uv_dir = env.get("UV_PYTHON_INSTALL_DIR") or str(
+        Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "uv" / "python"
+    )
+    uv_pythons = Path(uv_dir)
+    if uv_pythons.is_dir():
+        for vdir in sorted(uv_pythons.iterdir(), key=lambda p: p.name, reverse=True):
+            m = re.fullmatch(r"cpython-(\d+)\.(\d+)\.\d+-[^+]*", vdir.name)  # '+freethreaded' skipped
+            if m:
+                version = f"{m.group(1)}.{m.group(2)}"
+                add(version, vdir / "bin" / f"python{version}")
+    return dict(sorted(found.items(), key=lambda kv: _version_sort_key(kv[0])))
+
+
+def _version_sort_key(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        return (0,)
+
+
+def _own_base_interpreter() -> Path:
+    base = getattr(sys, "_base_executable", "") or sys.executable
+    return Path(base).absolute()
+
+
+# --------------------------------------------------------------------------------------------------
+# The cache
+
+
+async def _pump(
+    stream: asyncio.StreamReader | None, emit: LogFn, keep: collections.deque[str] | None
+) -> None:
+    if stream is None:
+        return
+    buf = b""
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if len(buf) > _LINE_MAX:
+                    nl = len(buf)
+                else:
+                    break
+            line = buf[:nl].decode("utf-8", "replace").rstrip("\r")
+            buf = buf[nl + 1 :]
+            emit(line)
+            if keep is not None:
+                keep.append(line)
+    if buf:
+        line = buf.decode("utf-8", "replace").rstrip("\r")
+        emit(line)
+        if keep is not None:
+            keep.append(line)
+
+
+def _tree_size(root: Path) -> int:
+    """Bytes of the files under ``root`` (each inode once; symlinks not followed)."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + dirnames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EnvironmentCache:
+    """Content-addressed cache of job virtual environments under ``root``, built with uv."""
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        size_cap_bytes: int | None = None,
+        uv: str | None = None,
+        find_links: Sequence[str] = (),
+        build_timeout_s: float = 1800.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = Path(root).absolute()
+        self.envs_dir = self.root / "envs"
+        self.tmp_dir = self.root / "tmp"
+        self.envs_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.size_cap_bytes = size_cap_bytes
+        self.build_timeout_s = build_timeout_s
+        self.find_links = tuple(find_links)
+        self.builds = 0  # uv builds started by this cache (for stats and tests)
+        self._uv = uv
+        self._env = dict(os.environ if env is None else env)
+        self._pythons: dict[str, Path] | None = None
+        self._resolved: dict[EnvSpec, tuple[Path, str, bool]] = {}
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._sinks: dict[str, list[LogFn]] = {}
+        self._in_use: dict[Path, int] = {}
+        self._remove_stale_tmp()
+
+    # -- interpreters -------------------------------------------------------------------------------
+
+    def available_pythons(self) -> dict[str, Path]:
+        """Installed interpreters by major.minor (``"3.11" -> path``); discovered once."""
+        if self._pythons is None:
+            self._pythons = _discover_pythons(self._env)
+        return dict(self._pythons)
+
+    def interpreter_for(self, version: str) -> Path:
+        """Absolute interpreter for ``major.minor`` ("" = the server's own); never downloads one."""
+        if not version:
+            return _own_base_interpreter()
+        pythons = self._pythons if self._pythons is not None else self.available_pythons()
+        path = pythons.get(version)
+        if path is None:
+            raise FailedPrecondition(
+                f"python {version} is not installed here; available: {', '.join(pythons) or 'none'}"
+            )
+        return path
+
+    # -- lookup -------------------------------------------------------------------------------------
+
+    def _resolve(self, spec: EnvSpec) -> tuple[Path, str, bool]:
+        """(interpreter, key, own) for ``spec``; memoized, so a hit hashes nothing."""
+        hit = self._resolved.get(spec)
+        if hit is not None:
+            return hit
+        interpreter = self.interpreter_for(spec.python_version)
+        own = not spec.python_version or interpreter == _own_base_interpreter()
+        resolved = (interpreter, self._effective(spec).key(interpreter), own)
+        if len(self._resolved) > 4096:
+            self._resolved.clear()
+        self._resolved[spec] = resolved
+        return resolved
+
+    def _effective(self, spec: EnvSpec) -> EnvSpec:
+        if self.find_links:
+            return replace(spec, find_links=tuple(dict.fromkeys(spec.find_links + self.find_links)))
+        return spec
+
+    def path_for(self, spec: EnvSpec) -> Path:
+        """Where the venv for ``spec`` lives (whether or not it is built)."""
+        return self.envs_dir / self._resolve(spec)[1]
+
+    def lookup(self, spec: EnvSpec) -> Environment | None:
+        """The ready environment for ``spec``, or None; a hit is one ``utime`` (no subprocess).
+
+        Raises ``FailedPrecondition`` when the python version is not installed.
+        """
+        interpreter, key, own = self._resolve(spec)
+        if not spec.requirements:
+            return Environment(python=Path(sys.executable).absolute() if own else interpreter)
+        venv = self.envs_dir / key
+        try:
+            os.utime(venv / _MARKER)  # also the LRU clock
+        except FileNotFoundError:
+            return None
+        bin_dir = venv / "bin"
+        return Environment(python=bin_dir / "python", bin_dir=bin_dir, venv=venv)
+
+    # -- build --------------------------------------------------------------------------------------
+
+    async def ensure(self, spec: EnvSpec, log: LogFn | None = None, *, acquire: bool = False) -> Environment:
+        """The environment for ``spec``, built on a miss (identical concurrent calls build once).
+
+        ``log`` gets progress messages and uv's output lines while building. With ``acquire`` the
+        environment is marked in use (see :meth:`release`) before this returns, so eviction can't
+        race with the caller. Raises ``FailedPrecondition`` (python not installed) or
+        ``EnvironmentBuildError`` (uv failed; carries uv's stderr).
+        """
+        for _ in range(3):
+            env = self.lookup(spec)
+            if env is not None:
+                if acquire:
+                    self.acquire(env)
+                return env
+            interpreter, key, _own = self._resolve(spec)
+            sinks = self._sinks.setdefault(key, [])
+            sink = log
+            if sink is not None:
+                sinks.append(sink)
+            try:
+                task = self._inflight.get(key)
+                if task is None:
+                    task = asyncio.get_running_loop().create_task(
+                        self._build(self._effective(spec), interpreter, key), name=f"build-env-{key[:12]}"
+                    )
+                    self._inflight[key] = task
+                    task.add_done_callback(self._build_done(key))
+                elif sink is not None:
+                    sink("waiting for the same python environment, already being built for another job")
+                await asyncio.shield(task)
+            finally:
+                if sink is not None:
+                    with contextlib.suppress(ValueError):
+                        sinks.remove(sink)
+        raise EnvironmentBuildError(
+            "the python environment was evicted as soon as it was built; raise the size cap"
+        )
+
+    @contextlib.asynccontextmanager
+    async def use(self, spec: EnvSpec, log: LogFn | None = None) -> AsyncIterator[Environment]:
+        """``ensure`` + ``acquire``, released on exit."""
+        env = await self.ensure(spec, log, acquire=True)
+        try:
+            yield env
+        finally:
+            self.release(env)
+
+    def _build_done(self, key: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self._inflight.pop(key, None)
+            if not self._sinks.get(key):
+                self._sinks.pop(key, None)
+            if not task.cancelled():
+                task.exception()  # retrieved here, so an unawaited failure doesn't warn
+
+        return done
+
+    def _emit(self, key: str, line: str) -> None:
+        for sink in list(self._sinks.get(key, ())):
+            with contextlib.suppress(Exception):
+                sink(line)
+
+    def _uv_bin(self) -> str:
+        if self._uv is None:
+            try:
+                from uv import find_uv_bin
+
+                self._uv = find_uv_bin()
+            except (ImportError, FileNotFoundError):
+                found = shutil.which("uv")
+                if found is None:
+                    raise FailedPrecondition("uv is not installed on the server (pip install uv)") from None
+                self._uv = found
+        return self._uv
+
+    def _uv_env(self) -> dict[str, str]:
+        env = dict(self._env)
+        env.setdefault("UV_CACHE_DIR", str(self.root / "uv-cache"))
+        env["NO_COLOR"] = "1"
+        env["UV_NO_PROGRESS"] = "1"
+        env["UV_PYTHON_DOWNLOADS"] = "never"
+        for var in (
+            "VIRTUAL_ENV",
+            "CONDA_PREFIX",
+            "UV_PROJECT_ENVIRONMENT",
+            "UV_SYSTEM_PYTHON",
+            "UV_OFFLINE",
+        ):
+            env.pop(var, None)
+        return env
+
+    async def _run_uv(self, args: list[str], emit: LogFn, deadline: float) -> tuple[int, str]:
+        """Run uv, stream its stdout/stderr lines to ``emit``; return (returncode, stderr tail)."""
+        proc = await asyncio.create_subprocess_exec(
+            self._uv_bin(),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._uv_env(),
+            cwd=self.root,
+            start_new_session=True,
+        )
+        keep: collections.deque[str] = collections.deque(maxlen=_STDERR_KEEP)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await asyncio.gather(_pump(proc.stdout, emit, None), _pump(proc.stderr, emit, keep))
+                rc = await proc.wait()
+        except TimeoutError:
+            raise EnvironmentBuildError(
+                f"building the python environment timed out after {self.build_timeout_s:g} s "
+                f"(uv {args[0]}); last output:\n" + "\n".join(keep),
+                stderr="\n".join(keep),
+            ) from None
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 9)
+                await proc.wait()
+        return rc, "\n".join(keep)
+
+    async def _build(self, spec: EnvSpec, interpreter: Path, key: str) -> None:
+        self.builds += 1
+        started = time.monotonic()
+        deadline = started + self.build_timeout_s
+
+        def emit(line: str) -> None:
+            self._emit(key, line)
+
+        reqs = ", ".join(spec.requirements)
+        emit(f"building python environment {key[:12]}: python {interpreter} with {reqs}")
+        tmp = self.tmp_dir / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        try:
+            rc, err = await self._run_uv(
+                ["venv", "--relocatable", "--no-project", "--quiet", "--python", str(interpreter), str(tmp)],
+                emit,
+                deadline,
+            )
+            if rc != 0:
+                raise EnvironmentBuildError(
+                    f"creating the virtual environment failed (uv venv, exit {rc}):\n{err}",
+                    stderr=err,
+                    returncode=rc,
+                )
+            install = ["pip", "install", "--python", str(tmp / "bin" / "python"), *spec.uv_install_args()]
+            install += ["--", *spec.requirements]
+            rc, err = await self._run_uv(install, emit, deadline)
+            if rc != 0 and _NETWORK_ERROR.search(err):
+                emit("the package index cannot be reached; retrying offline from uv's cache")
+                rc2, err2 = await self._run_uv([*install[:2], "--offline", *install[2:]], emit, deadline)
+                if rc2 == 0:
+                    rc, err = 0, ""
+                else:
+                    err = f"{err}\n(offline retry from uv's cache also failed:)\n{err2}"
+            if rc != 0:
+                raise EnvironmentBuildError(
+                    f"installing the requirements failed (uv pip install, exit {rc}):\n{err}",
+                    stderr=err,
+                    returncode=rc,
+                )
+            size = await asyncio.to_thread(_tree_size, tmp)
+            marker: dict[str, Any] = {
+                "key": key,
+                "python": str(interpreter),
+                "requirements": list(spec.requirements),
+                "uv_args": spec.uv_install_args(),
+                "size": size,
+                "built_at": time.time(),
+                "build_seconds": round(time.monotonic() - started, 3),
+            }
+            (tmp / _MARKER).write_text(json.dumps(marker, indent=1))
+            target = self.envs_dir / key
+            try:
+                os.rename(tmp, target)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                emit("another process published the same environment first; using it")
+            emit(
+                f"python environment ready in {time.monotonic() - started:.2f} s ({size / 1e6:.1f} MB): {target}"
+            )
+        finally:
+            if tmp.exists():
+                await asyncio.to_thread(shutil.rmtree, tmp, True)
+        if self.size_cap_bytes is not None:
+            removed = self.evict(keep=(key,))
+            if removed:
+                emit(f"evicted {len(removed)} least-recently-used environment(s) past the size cap")
+
+    # -- in use and eviction ------------------------------------------------------------------------
+
+    def acquire(self, env: Environment) -> None:
+        """Mark ``env`` in use: eviction skips it until the matching :meth:`release`."""
+        if env.venv is None:
+            return
+        self._in_use[env.venv] = self._in_use.get(env.venv, 0) + 1
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(env.venv / _MARKER)
+
+    def release(self, env: Environment) -> None:
+        if env.venv is None:
+            return
+        count = self._in_use.get(env.venv, 0) - 1
+        if count > 0:
+            self._in_use[env.venv] = count
+        else:
+            self._in_use.pop(env.venv, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(env.venv / _MARKER)
+
+    def entries(self) -> list[tuple[Path, float, int]]:
+        """Published environments as (path, last used, size in bytes), least recently used first."""
+        out: list[tuple[Path, float, int]] = []
+        for entry in os.scandir(self.envs_dir):
+            marker = Path(entry.path) / _MARKER
+            try:
+                last_used = marker.stat().st_mtime
+                with marker.open() as fh:
+                    size = int(json.load(fh).get("size", 0))
+            except (OSError, ValueError):
+                continue
+            out.append((Path(entry.path), last_used, size))
+        out.sort(key=lambda e: e[1])
+        return out
+
+    def evict(self, *, keep: Iterable[str] = ()) -> list[Path]:
+        """Remove least-recently-used environments until under the size cap; never one in use."""
+        if self.size_cap_bytes is None:
+            return []
+        keep_paths = {self.envs_dir / k for k in keep}
+        entries = self.entries()
+        total = sum(size for _, _, size in entries)
+        removed: list[Path] = []
+        for path, _, size in entries:
+            if total <= self.size_cap_bytes:
+                break
+            if self._in_use.get(path, 0) > 0 or path in keep_paths:
+                continue
+            trash = self.tmp_dir / f"evict.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(path, trash)  # unpublish atomically, then delete
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+            total -= size
+            removed.append(path)
+        return removed
+
+    def _remove_stale_tmp(self) -> None:
+        """Remove temp dirs left by builds of processes that are gone."""
+        for entry in os.scandir(self.tmp_dir):
+            parts = entry.name.split(".")
+            if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+                shutil.rmtree(entry.path, ignore_errors=True)
