@@ -388,6 +388,48 @@ def test_python_auto_module_entry(tmp_path: Path) -> None:
     assert spec.inputs == []  # no script file to send for -m
 
 
+@pytest.mark.parametrize(
+    ("cmd", "entry"),
+    [
+        ("python main.py", "main.py"),
+        ("python3 -u main.py --flag", "main.py"),
+        ("python -W ignore -X dev -OO main.py", "main.py"),
+        ("python --check-hash-based-pycs never main.py", "main.py"),
+        ("FOO=1 /usr/bin/python3.11 ./main.py", "main.py"),
+        ("cd . && python main.py", "main.py"),
+        ("python -m pkg", "pkg/__main__.py"),
+        ("python -um pkg.sub", "pkg/sub.py"),
+        ("python -mpkg", "pkg/__main__.py"),
+    ],
+)
+def test_python_auto_entry_from_cmd(tmp_path: Path, cmd: str, entry: str) -> None:
+    tree(tmp_path, {"main.py": "", "pkg/__init__.py": "", "pkg/__main__.py": "", "pkg/sub.py": ""})
+    seen: list[Path] = []
+
+    def analyze(script: Path, root: Path) -> tuple[list[Path], list[str]]:
+        seen.append(script)
+        return [], []
+
+    spec = parse(f"cmd: {cmd}\nenv: {{python: auto}}\n", tmp_path, analyze=analyze)
+    assert seen == [tmp_path / entry]
+    top = entry.split("/")[0]
+    assert [m.local_path for m in spec.local_modules] == [tmp_path / top]
+
+
+@pytest.mark.parametrize("cmd", ["python -c 'print(1)'", "python ${SCRIPT}", "bash -c main.py", "python"])
+def test_python_auto_without_entry_script(tmp_path: Path, cmd: str) -> None:
+    msg = err(f"cmd: {cmd}\nargs: {{SCRIPT: x}}\nenv: {{python: auto}}\n", tmp_path, analyze=small_analyze)
+    assert msg.startswith(
+        "env.python: python: auto needs the entry script of cmd: cmd runs no local python script"
+    )
+
+
+def test_python_analyzer_failure_names_the_key(tmp_path: Path) -> None:
+    tree(tmp_path, {"main.py": "import (\n"})
+    msg = err("cmd: python main.py\nenv: {python: auto}\n", tmp_path, analyze=small_analyze)
+    assert msg.startswith("env.python: cannot analyze main.py: SyntaxError")
+
+
 def test_python_auto_options_and_root_paths(tmp_path: Path) -> None:
     tree(tmp_path, {"run.py": "import a\n", "other.py": "import b\n", "a.py": "", "b/__init__.py": ""})
     spec = parse(

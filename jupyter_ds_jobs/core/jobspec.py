@@ -420,22 +420,26 @@ def _find_entry(cmd: str, base_dir: Path) -> _Entry | None:
         tokens = shlex.split(cmd, comments=False, posix=True)
     except ValueError:
         tokens = cmd.split()
-    takes_arg = {"-W", "-X", "--check-hash-based-pycs"}
     for i, tok in enumerate(tokens):
         if not _PYTHON_EXE.fullmatch(PurePosixPath(tok).name):
             continue
         j = i + 1
         while j < len(tokens):
             t = tokens[j]
-            if t == "-m" or (t.startswith("-m") and len(t) > 2 and not t.startswith("--")):
-                mod = tokens[j + 1] if t == "-m" and j + 1 < len(tokens) else t[2:]
-                return _module_entry(mod, base_dir)
-            if t == "-c" or (t.startswith("-c") and not t.startswith("--")):
-                return None
-            if t in takes_arg:
-                j += 2
+            if t.startswith("--"):  # --check-hash-based-pycs takes a value; other long options none
+                j += 2 if t == "--check-hash-based-pycs" else 1
                 continue
-            if t.startswith("-") and t != "-":
+            if t.startswith("-") and t != "-":  # a cluster of short options, like -u, -OO, -um pkg
+                for k, ch in enumerate(t[1:], start=2):
+                    if ch in "mcWX":
+                        value = t[k:] or (tokens[j + 1] if j + 1 < len(tokens) else "")
+                        if ch == "m":
+                            return _module_entry(value, base_dir)
+                        if ch == "c":
+                            return None
+                        if not t[k:]:
+                            j += 1
+                        break
                 j += 1
                 continue
             if "${" in t:
