@@ -41,6 +41,8 @@ def build_wheel(
     version: str,
     modules: dict[str, str],
     requires: Sequence[str] = (),
+    *,
+    console_scripts: dict[str, str] | None = None,
 ) -> Path:
     """Write ``<name>-<version>-py3-none-any.whl`` into ``dest_dir`` and return its path.
 
@@ -63,6 +65,9 @@ def build_wheel(
         *(f"Requires-Dist: {req}" for req in requires),
     ]
     files.append((f"{dist_info}/METADATA", ("\n".join(metadata) + "\n").encode("utf-8")))
+    if console_scripts:
+        lines = "".join(f"{cmd} = {target}\n" for cmd, target in console_scripts.items())
+        files.append((f"{dist_info}/entry_points.txt", f"[console_scripts]\n{lines}".encode()))
     wheel_meta = "Wheel-Version: 1.0\nGenerator: tests.wheels\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     files.append((f"{dist_info}/WHEEL", wheel_meta.encode("utf-8")))
     record_lines = [f"{arc},{_record_hash(data)},{len(data)}" for arc, data in files]

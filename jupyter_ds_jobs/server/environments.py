@@ -186,8 +186,12 @@ def _check_marker(marker: str) -> str:
     expr()
     if i != len(tokens):
         raise ValueError(f"unexpected {tokens[i][1]!r} in the marker")
-    text = " ".join(tok if kind != "op" else " ".join(tok.split()) for kind, tok in tokens)
-    return text.replace("( ", "(").replace(" )", ")")
+    out = ""
+    for kind, tok in tokens:
+        if out and not out.endswith("(") and tok != ")":
+            out += " "
+        out += " ".join(tok.split()) if kind == "op" else tok
+    return out
 
 
 def _check_specifiers(text: str) -> str:
