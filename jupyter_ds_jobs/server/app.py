@@ -1,0 +1,274 @@
+"""Assemble and run the local job server: gRPC (grpc.aio) and HTTP (tornado) on one event loop.
+
+Embedding::
+
+    with ServerThread(ServerOptions(state_dir=tmp)) as info:   # a real server on free loopback ports
+        client = JobsClient(info.endpoint, token=info.token)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from jupyter_ds_jobs._proto import ops_grpc, pjs_grpc
+from jupyter_ds_jobs._version import __version__
+from jupyter_ds_jobs.core.connection import (
+    CONNECTION_FILE_NAME,
+    ConnectionInfo,
+    default_state_dir,
+    runtime_dir,
+)
+from jupyter_ds_jobs.server.blobs import BlobStore
+from jupyter_ds_jobs.server.http import make_http_server
+from jupyter_ds_jobs.server.logs import LogStore
+from jupyter_ds_jobs.server.runtime import JobManager
+from jupyter_ds_jobs.server.service import AuthInterceptor, Context, JobService, OperationService, recover
+from jupyter_ds_jobs.server.store import Store
+from jupyter_ds_jobs.server.validation import DEFAULT_INSTANCE_TYPES
+
+__all__ = ["JobServer", "ServerOptions", "ServerThread", "run_server"]
+
+log = logging.getLogger("jupyter_ds_jobs.server")
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 0
+    http_port: int = 0
+    state_dir: Path = field(default_factory=default_state_dir)
+    token: str | None = None
+    max_concurrent_jobs: int = 2
+    default_ttl_days: float | None = 14.0
+    instance_types: tuple[str, ...] = tuple(DEFAULT_INSTANCE_TYPES)
+    env_cache_cap_bytes: int | None = None
+    find_links: tuple[str, ...] = ()
+    sweep_interval: float = 60.0
+    write_runtime_file: bool = True
+    python_envs: bool = True
+
+
+class JobServer:
+    def __init__(self, opts: ServerOptions) -> None:
+        self.opts = opts
+        self.state_dir = Path(opts.state_dir).expanduser().resolve()
+        self.token = opts.token or secrets.token_urlsafe(24)
+        self.info: ConnectionInfo | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._http: Any = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    def _build(self) -> Context:
+        sd = self.state_dir
+        sd.mkdir(parents=True, exist_ok=True)
+        os.chmod(sd, 0o700)
+        self.store = Store(sd / "jobs.sqlite")
+        self.blobs = BlobStore(sd / "blobs", BlobStore.load_secret(sd / "secret.key"))
+        self.logs = LogStore(sd / "jobs")
+        environments = None
+        if self.opts.python_envs:
+            from jupyter_ds_jobs.server.environments import EnvironmentCache
+
+            environments = EnvironmentCache(
+                sd / "envs", size_cap_bytes=self.opts.env_cache_cap_bytes, find_links=self.opts.find_links
+            )
+        self.manager = JobManager(
+            self.store,
+            self.blobs,
+            self.logs,
+            sd / "jobs",
+            sd / "projects",
+            max_concurrent=self.opts.max_concurrent_jobs,
+            environments=environments,
+        )
+        ttl = timedelta(days=self.opts.default_ttl_days) if self.opts.default_ttl_days else None
+        return Context(
+            self.store,
+            self.blobs,
+            self.logs,
+            self.manager,
+            instance_types=self.opts.instance_types,
+            default_ttl=ttl,
+            environments=environments,
+        )
+
+    async def start(self) -> ConnectionInfo:
+        ctx = self._build()
+        self.ctx = ctx
+        interrupted = recover(ctx)
+        if interrupted:
+            log.warning("marked %d interrupted job(s) as ERROR: %s", len(interrupted), ", ".join(interrupted))
+        server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.token)],
+            options=[
+                ("grpc.max_receive_message_length", 64 * 2**20),
+                ("grpc.max_send_message_length", 64 * 2**20),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pjs_grpc.add_ProjectJobServiceServicer_to_server(JobService(ctx), server)
+        ops_grpc.add_OperationServiceServicer_to_server(OperationService(ctx), server)
+        host = self.opts.host
+        bind = f"[{host}]" if ":" in host else host
+        port = server.add_insecure_port(f"{bind}:{self.opts.port}")
+        if port == 0:
+            raise OSError(f"cannot listen for gRPC on {host}:{self.opts.port}")
+        await server.start()
+        self._grpc = server
+        self._http = make_http_server(self.blobs)
+        sockets = _bind_tcp(host, self.opts.http_port)
+        self._http.add_sockets(sockets)
+        http_port = sockets[0].getsockname()[1]
+        public = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()
+        pub = f"[{public}]" if ":" in public else public
+        http_url = f"http://{pub}:{http_port}"
+        self.blobs.base_url = http_url
+        self.info = ConnectionInfo(
+            endpoint=f"{pub}:{port}",
+            http_url=http_url,
+            token=self.token,
+            pid=os.getpid(),
+            state_dir=str(self.state_dir),
+            version=__version__,
+        )
+        self.info.write(self.state_dir / CONNECTION_FILE_NAME)
+        if self.opts.write_runtime_file:
+            with contextlib.suppress(OSError):
+                self.info.write(runtime_dir() / CONNECTION_FILE_NAME)
+        self._sweeper = asyncio.ensure_future(self._sweep_loop())
+        log.info(
+            "job server listening: grpc %s, http %s, state %s", self.info.endpoint, http_url, self.state_dir
+        )
+        return self.info
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                cleared = self.ctx.sweep()
+                if cleared:
+                    log.info("cleared data of expired jobs: %s", ", ".join(cleared))
+            except Exception:
+                log.exception("sweeper failed")
+            await asyncio.sleep(self.opts.sweep_interval)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.manager.shutdown()
+        if self._http is not None:
+            self._http.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self.info is not None:
+            self.info.remove_from(self.state_dir / CONNECTION_FILE_NAME)
+            if self.opts.write_runtime_file:
+                self.info.remove_from(runtime_dir() / CONNECTION_FILE_NAME)
+        self.store.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def _bind_tcp(host: str, port: int) -> list[socket.socket]:
+    from tornado.netutil import bind_sockets
+
+    return bind_sockets(port, address=host or None, reuse_port=False)
+
+
+class ServerThread:
+    """Run a JobServer on its own event loop in a daemon thread (tests, embedding)."""
+
+    def __init__(self, opts: ServerOptions) -> None:
+        self.opts = opts
+        self.server: JobServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> ConnectionInfo:
+        self._thread = threading.Thread(target=self._main, name="ds-jobs-server", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        assert self.server is not None and self.server.info is not None
+        return self.server.info
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            self.server = JobServer(self.opts)
+            loop.run_until_complete(self.server.start())
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            loop.run_until_complete(self.server.wait_stopped())
+        finally:
+            loop.close()
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the server's loop and return its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self.server is not None and self.loop is not None and self.loop.is_running():
+            self.call(self.server.stop(grace), timeout=60)
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def __enter__(self) -> ConnectionInfo:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_server(opts: ServerOptions, announce: bool = True) -> int:
+    """Run in the foreground until SIGINT / SIGTERM; return an exit code."""
+
+    async def main() -> None:
+        server = JobServer(opts)
+        info = await server.start()
+        if announce:
+            print(
+                f"ds-jobs server {__version__}\n"
+                f"  grpc endpoint: {info.endpoint}\n"
+                f"  http url:      {info.http_url}\n"
+                f"  state dir:     {info.state_dir}\n"
+                f"  connection:    {Path(info.state_dir) / CONNECTION_FILE_NAME}\n"
+                "Press Ctrl-C to stop.",
+                flush=True,
+            )
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        if announce:
+            print("stopping: cancelling running jobs", flush=True)
+        await server.stop()
+
+    asyncio.run(main())
+    return 0

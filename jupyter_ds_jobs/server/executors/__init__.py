@@ -1,0 +1,6 @@
+"""Executors run a prepared job's command: locally (default) or elsewhere (Ray, later)."""
+
+from jupyter_ds_jobs.server.executors.base import Executor, RunningProcess
+from jupyter_ds_jobs.server.executors.local import LocalExecutor
+
+__all__ = ["Executor", "LocalExecutor", "RunningProcess"]

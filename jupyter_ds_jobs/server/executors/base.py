@@ -1,0 +1,35 @@
+"""The executor interface the job manager drives."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["Executor", "OutputSink", "RunningProcess"]
+
+OutputSink = Callable[[int, bytes], None]  # (source: 1 stdout | 2 stderr, chunk)
+
+
+class RunningProcess(Protocol):
+    """A started job command."""
+
+    pid: int
+
+    async def wait(self) -> int:
+        """Wait until the command and its output streams end; return its exit code (-N for signal N)."""
+        ...
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the job's whole process group."""
+        ...
+
+    def kill_all(self) -> None:
+        """SIGKILL everything the job started (its process group)."""
+        ...
+
+
+class Executor(Protocol):
+    def start(
+        self, cmd: str, cwd: Path, env: Mapping[str, str], sink: OutputSink
+    ) -> Awaitable[RunningProcess]: ...

@@ -1,0 +1,71 @@
+"""Run a job's command as a local subprocess in its own process group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+from jupyter_ds_jobs.server.executors.base import OutputSink
+
+__all__ = ["LocalExecutor", "LocalProcess"]
+
+SHELL = shutil.which("bash") or "/bin/sh"
+READ_CHUNK = 64 * 1024
+
+
+class LocalProcess:
+    def __init__(self, proc: asyncio.subprocess.Process, sink: OutputSink) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.pgid = proc.pid  # start_new_session=True: the child leads its own group
+        assert proc.stdout is not None and proc.stderr is not None
+        self._pumps = [
+            asyncio.ensure_future(self._pump(proc.stdout, 1, sink)),
+            asyncio.ensure_future(self._pump(proc.stderr, 2, sink)),
+        ]
+
+    @staticmethod
+    async def _pump(stream: asyncio.StreamReader, source: int, sink: OutputSink) -> None:
+        while True:
+            chunk = await stream.read(READ_CHUNK)
+            if not chunk:
+                return
+            sink(source, chunk)
+
+    async def wait(self) -> int:
+        code = await self.proc.wait()
+        # Children that keep the pipes open would hold the pumps forever: the job is over, end them.
+        self.kill_all()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._pumps), 5)
+        return code
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, signum)
+
+    def kill_all(self) -> None:
+        self.signal(signal.SIGKILL)
+
+
+class LocalExecutor:
+    """Runs ``cmd`` with bash in ``cwd``; stdout and stderr go to ``sink`` as they come."""
+
+    async def start(self, cmd: str, cwd: Path, env: Mapping[str, str], sink: OutputSink) -> LocalProcess:
+        proc = await asyncio.create_subprocess_exec(
+            SHELL,
+            "-c",
+            cmd,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        return LocalProcess(proc, sink)

@@ -1,0 +1,186 @@
+"""Job logs: one append-only record file per job, read by byte offset.
+
+``stream.bin`` holds framed records in the order they were produced::
+
+    MAGIC(2) | source(1) | created_at(float64) | content_len(uint32) | path_len(uint16) | path | content
+
+``source`` is 1 (stdout), 2 (stderr) or 3 (a system file, ``path`` names it,
+e.g. ``.system.log``).  A reader's offset is a byte position at a record
+boundary; ``ReadLogs`` sends ``offset`` = the position after the last record it
+sent, so a reconnect from that offset loses and repeats nothing.  Plain
+``stdout.log`` and ``stderr.log`` are written beside it (the job's log files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from jupyter_ds_jobs.core.errors import InvalidArgument
+
+__all__ = ["SOURCE_ERR", "SOURCE_FILE", "SOURCE_OUT", "JobLog", "LogRecord", "LogStore"]
+
+MAGIC = b"\xd5\x4a"
+HEADER = struct.Struct("<2sBdIH")
+SOURCE_OUT, SOURCE_ERR, SOURCE_FILE = 1, 2, 3
+SYSTEM_LOG = ".system.log"
+MAX_BATCH = 256 * 1024
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    source: int
+    created_at: float
+    path: str
+    content: bytes
+
+
+class JobLog:
+    """The writer side of one job's log, plus the event readers wait on."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.dir = directory
+        self.stream_path = directory / "stream.bin"
+        self._stream: BinaryIO = open(self.stream_path, "ab")  # noqa: SIM115 - closed in close()
+        self._plain: dict[int, BinaryIO] = {}
+        self._changed = asyncio.Event()
+        self.finished = False
+
+    def write(self, source: int, content: bytes, path: str = "") -> None:
+        if not content:
+            return
+        p = path.encode()
+        self._stream.write(HEADER.pack(MAGIC, source, time.time(), len(content), len(p)) + p + content)
+        self._stream.flush()
+        if source in (SOURCE_OUT, SOURCE_ERR):
+            f = self._plain.get(source)
+            if f is None:
+                name = "stdout.log" if source == SOURCE_OUT else "stderr.log"
+                f = self._plain[source] = open(self.dir / name, "ab")  # noqa: SIM115
+            f.write(content)
+            f.flush()
+        self._wake()
+
+    def system(self, message: str) -> None:
+        """A line of the ``.system.log`` stream."""
+        self.write(SOURCE_FILE, (message.rstrip("\n") + "\n").encode(), SYSTEM_LOG)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self, timeout: float) -> None:
+        ev = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout)
+
+    def finish(self) -> None:
+        self.finished = True
+        self.close()
+        self._wake()
+
+    def close(self) -> None:
+        self._stream.close()
+        for f in self._plain.values():
+            f.close()
+        self._plain.clear()
+
+
+class LogStore:
+    """Every job's log under ``root/<job_id>/logs``; live writers are kept in memory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._live: dict[str, JobLog] = {}
+
+    def dir(self, job_id: str) -> Path:
+        return self.root / job_id / "logs"
+
+    def open(self, job_id: str) -> JobLog:
+        log = self._live.get(job_id)
+        if log is None:
+            log = self._live[job_id] = JobLog(self.dir(job_id))
+        return log
+
+    def finish(self, job_id: str) -> None:
+        log = self._live.pop(job_id, None)
+        if log is not None:
+            log.finish()
+
+    def plain_files(self, job_id: str) -> list[Path]:
+        d = self.dir(job_id)
+        return [p for p in (d / "stdout.log", d / "stderr.log") if p.exists()]
+
+    def size(self, job_id: str) -> int:
+        try:
+            return (self.dir(job_id) / "stream.bin").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    async def follow(
+        self, job_id: str, offset: int, is_final: Callable[[], bool], poll: float = 1.0
+    ) -> AsyncIterator[tuple[list[LogRecord], int]]:
+        """Batches of records from ``offset`` (-1: from now), live until the job is final."""
+        path = self.dir(job_id) / "stream.bin"
+        if offset < -1:
+            raise InvalidArgument(f"must be >= -1, got {offset}", field="offset")
+        if offset == -1:
+            offset = self.size(job_id)
+        size = self.size(job_id)
+        if offset > size:
+            raise InvalidArgument(f"{offset} is past the end of the log ({size} bytes)", field="offset")
+        f: BinaryIO | None = None
+        try:
+            while True:
+                live = self._live.get(job_id)
+                final = is_final()
+                if f is None and path.exists():
+                    f = open(path, "rb")  # noqa: SIM115
+                    f.seek(offset)
+                    if offset and f.read(2) != MAGIC:
+                        raise InvalidArgument(
+                            f"{offset} is not a record boundary of this job's log", field="offset"
+                        )
+                    f.seek(offset)
+                batch: list[LogRecord] = []
+                if f is not None:
+                    batch, offset = _read_batch(f, offset)
+                if batch:
+                    yield batch, offset
+                    continue
+                if final and (live is None or live.finished):
+                    return
+                if live is not None:
+                    await live.changed(poll)
+                else:
+                    await asyncio.sleep(min(poll, 0.2))
+        finally:
+            if f is not None:
+                f.close()
+
+
+def _read_batch(f: BinaryIO, offset: int) -> tuple[list[LogRecord], int]:
+    out: list[LogRecord] = []
+    total = 0
+    while total < MAX_BATCH:
+        head = f.read(HEADER.size)
+        if len(head) < HEADER.size:
+            break
+        magic, source, created, clen, plen = HEADER.unpack(head)
+        if magic != MAGIC:
+            raise InvalidArgument(f"corrupt log record at {offset}", field="offset")
+        body = f.read(plen + clen)
+        if len(body) < plen + clen:
+            break  # a record still being written
+        out.append(LogRecord(source, created, body[:plen].decode(), body[plen:]))
+        offset += HEADER.size + plen + clen
+        total += clen
+    f.seek(offset)
+    return out, offset

@@ -1,0 +1,503 @@
+"""The job manager: queue, prepare, run, collect, cancel.  Runs on the server's event loop.
+
+Life of a job (statuses of ``JobStatus``)::
+
+    CREATING ──Execute──▶ (waits for a slot in CREATING) ──▶ PREPARING ──▶ EXECUTING
+        ──▶ UPLOADING_OUTPUT ──▶ SUCCESS | ERROR
+    any running status ──Cancel──▶ CANCELLING ──▶ CANCELLED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from jupyter_ds_jobs._proto import jobs_pb2
+from jupyter_ds_jobs.core.errors import DsJobsError, FailedPrecondition
+from jupyter_ds_jobs.server.blobs import BlobStore
+from jupyter_ds_jobs.server.executors import Executor, LocalExecutor, RunningProcess
+from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_OUT, JobLog, LogStore
+from jupyter_ds_jobs.server.store import FileRef, Store
+from jupyter_ds_jobs.server.validation import PROJECT_HOME, is_safe_relpath
+
+__all__ = ["FINAL", "RUNNING", "JobManager"]
+
+log = logging.getLogger(__name__)
+
+S = jobs_pb2
+FINAL = frozenset({S.SUCCESS, S.ERROR, S.CANCELLED})
+RUNNING = frozenset({S.PREPARING, S.EXECUTING, S.UPLOADING_OUTPUT, S.CANCELLING})
+CANCELLED_CODE = 1  # google.rpc.Code.CANCELLED
+ABORTED_CODE = 10
+INTERNAL_CODE = 13
+FAILED_PRECONDITION_CODE = 9
+
+
+@dataclass
+class _Run:
+    job_id: str
+    op_id: str
+    task: asyncio.Task[None] | None = None
+    proc: RunningProcess | None = None
+    cancel: str | None = None  # None | "graceful" | "hard"
+    cancel_reason: str = ""
+    response: bytes | None = None
+    environment: object | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def job_status_name(status: int) -> str:
+    return S.JobStatus.Name(status)  # type: ignore[arg-type]
+
+
+def place(workdir: Path, path: str, var: str, kind: str) -> Path:
+    """Where an input or output file lives in the job's working dir (never outside it)."""
+    if is_safe_relpath(path):
+        dest = workdir / path
+    else:  # absolute or '..' paths are allowed only with a var: keep them inside the job dir
+        dest = workdir / f"_{kind}" / var / (PurePosixPath(path).name or var)
+    real = Path(os.path.realpath(dest))
+    if not real.is_relative_to(Path(os.path.realpath(workdir))):
+        raise FailedPrecondition(f"path {path!r} escapes the job directory")
+    return dest
+
+
+class JobManager:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        logs: LogStore,
+        jobs_root: Path,
+        projects_root: Path,
+        *,
+        max_concurrent: int = 2,
+        executor: Executor | None = None,
+        environments: object | None = None,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.logs = logs
+        self.jobs_root = jobs_root
+        self.projects_root = projects_root
+        self.max_concurrent = max(1, max_concurrent)
+        self.executor: Executor = executor or LocalExecutor()
+        self.environments = environments
+        self.on_change = on_change or (lambda _job_id: None)
+        self._runs: dict[str, _Run] = {}
+        self._queue: list[str] = []
+        self._active = 0
+        self._slot = asyncio.Condition()
+
+    # -- helpers ----------------------------------------------------------
+    def workdir(self, job_id: str) -> Path:
+        return self.jobs_root / job_id / "work"
+
+    def is_active(self, job_id: str) -> bool:
+        return job_id in self._runs
+
+    def _set_status(self, job: jobs_pb2.Job, status: int, details: str | None = None) -> None:
+        job.status = status  # type: ignore[assignment]
+        if details is not None:
+            job.status_details = details
+        if status == S.EXECUTING and not job.HasField("started_at"):
+            job.started_at.GetCurrentTime()
+        if status in FINAL:
+            job.finished_at.GetCurrentTime()
+        self.store.save_job(job)
+        run = self._runs.get(job.id)
+        if run is not None:
+            self.store.touch_operation(run.op_id)
+        self.on_change(job.id)
+
+    def _progress(self, job_id: str, message: str, pct: int) -> None:
+        p = jobs_pb2.JobProgress(message=message, progress=max(0, min(100, pct)))
+        p.create_time.GetCurrentTime()
+        self.store.set_progress(job_id, p)
+
+    # -- public API -----------------------------------------------------------
+    def submit(self, job_id: str, op_id: str) -> None:
+        run = _Run(job_id, op_id)
+        self._runs[job_id] = run
+        self._queue.append(job_id)
+        self.store.set_execute_op(job_id, op_id)
+        run.task = asyncio.ensure_future(self._lifecycle(run))
+
+    async def cancel(self, job_id: str, graceful: bool, reason: str = "") -> None:
+        run = self._runs.get(job_id)
+        if run is None:
+            job = self.store.get_job(job_id)
+            if job.status in FINAL:
+                raise FailedPrecondition(f"job {job_id} is already {job_status_name(job.status)}")
+            # Created but never executed: nothing runs, it just ends.
+            self._set_status(job, S.CANCELLED, f"cancelled{': ' + reason if reason else ''}")
+            return
+        if run.cancel == "hard" or (run.cancel == "graceful" and graceful):
+            return
+        run.cancel = "graceful" if graceful else "hard"
+        run.cancel_reason = reason
+        job = self.store.get_job(job_id)
+        if job.status in FINAL:
+            return
+        if run.proc is None:
+            # queued or preparing: stop the lifecycle task where it waits
+            if run.task is not None:
+                run.task.cancel()
+            return
+        self._set_status(job, S.CANCELLING)
+        jl = self.logs.open(job_id)
+        if graceful:
+            gsp = job.job_parameters.graceful_shutdown_parameters
+            signum = int(gsp.signal) or int(signal.SIGTERM)
+            timeout = gsp.timeout.seconds + gsp.timeout.nanos / 1e9 if gsp.HasField("timeout") else 15.0
+            jl.system(f"cancel requested: sending signal {signum} to the job, SIGKILL in {timeout:g}s")
+            run.proc.signal(signum)
+            try:
+                await asyncio.wait_for(asyncio.shield(run.done.wait()), timeout)
+                return
+            except TimeoutError:
+                jl.system("job did not stop in time: SIGKILL")
+        else:
+            jl.system("cancel requested: SIGKILL")
+        run.cancel = "hard"
+        if run.proc is not None:
+            run.proc.kill_all()
+
+    async def wait(self, job_id: str) -> None:
+        run = self._runs.get(job_id)
+        if run is not None:
+            await run.done.wait()
+
+    async def shutdown(self) -> None:
+        """Stop every running job (SIGKILL to its process group) and mark it ERROR."""
+        for run in list(self._runs.values()):
+            run.cancel = "shutdown"
+            if run.proc is not None:
+                run.proc.kill_all()
+            if run.task is not None:
+                run.task.cancel()
+        for run in list(self._runs.values()):
+            if run.task is not None:
+                with contextlib.suppress(BaseException):
+                    await run.task
+
+    # -- lifecycle ------------------------------------------------------------
+    async def _acquire_slot(self, run: _Run) -> None:
+        async with self._slot:
+            while True:
+                ahead = self._queue.index(run.job_id)
+                if ahead == 0 and self._active < self.max_concurrent:
+                    self._queue.pop(0)
+                    self._active += 1
+                    self._slot.notify_all()
+                    return
+                msg = f"waiting for a free slot: {ahead} job(s) ahead, {self._active} running"
+                self._progress(run.job_id, msg, 0)
+                self.store.touch_operation(run.op_id)
+                await self._slot.wait()
+
+    async def _release_slot(self) -> None:
+        async with self._slot:
+            self._active -= 1
+            self._slot.notify_all()
+
+    async def _lifecycle(self, run: _Run) -> None:
+        job_id = run.job_id
+        jl = self.logs.open(job_id)
+        got_slot = False
+        error: tuple[int, str] | None = None
+        try:
+            try:
+                jl.system("job queued")
+                await self._acquire_slot(run)
+                got_slot = True
+                error = await self._run(run, jl)
+            except asyncio.CancelledError:
+                if run.cancel == "shutdown":
+                    error = (ABORTED_CODE, "interrupted: the job server stopped")
+                    self._finish(
+                        job_id, S.ERROR, "interrupted: the job server stopped while the job was running"
+                    )
+                else:
+                    reason = f"cancelled{': ' + run.cancel_reason if run.cancel_reason else ''}"
+                    error = (CANCELLED_CODE, reason)
+                    self._finish(job_id, S.CANCELLED, reason)
+            except DsJobsError as e:
+                jl.system(f"error: {e}")
+                error = (e.code.value[0], str(e))
+                self._finish(job_id, S.ERROR, str(e))
+            except Exception as e:  # a bug or an OS error: the job must still end
+                log.exception("job %s failed", job_id)
+                jl.system(f"internal error: {e!r}")
+                error = (INTERNAL_CODE, f"internal error: {e!r}")
+                self._finish(job_id, S.ERROR, f"internal error: {e!r}")
+        finally:
+            if run.job_id in self._queue:
+                self._queue.remove(run.job_id)
+            if got_slot:
+                await self._release_slot()
+            if run.environment is not None:
+                self._release_environment(run.environment)
+            self.store.finish_operation(run.op_id, response=run.response, error=error)
+            self._runs.pop(job_id, None)
+            self.logs.finish(job_id)
+            run.done.set()
+            self.on_change(job_id)
+
+    def _finish(self, job_id: str, status: int, details: str) -> None:
+        job = self.store.get_job(job_id)
+        if job.status not in FINAL:
+            self._set_status(job, status, details)
+
+    async def _run(self, run: _Run, jl: JobLog) -> tuple[int, str] | None:
+        job = self.store.get_job(run.job_id)
+        p = job.job_parameters
+        self._set_status(job, S.PREPARING, "")
+        self._progress(job.id, "preparing the job directory", 5)
+        workdir = self.workdir(job.id)
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
+        values = await asyncio.to_thread(self._materialize, job, workdir)
+        env = self._base_env(job, workdir)
+        if self.environments is not None:
+            env = await self._environment(run, job, env, jl)
+        cmd = substitute(p.cmd, values)
+        jl.system(f"running: {cmd}")
+        self._progress(job.id, "running", 10)
+
+        def sink(source: int, chunk: bytes) -> None:
+            jl.write(SOURCE_OUT if source == 1 else SOURCE_ERR, chunk)
+
+        run.proc = await self.executor.start(cmd, workdir, env, sink)
+        self.store.set_pgid(job.id, run.proc.pid)
+        job = self.store.get_job(job.id)
+        self._set_status(job, S.EXECUTING)
+        watcher = asyncio.ensure_future(self._watch_progress(job.id, workdir))
+        try:
+            code = await run.proc.wait()
+        finally:
+            watcher.cancel()
+            self.store.set_pgid(job.id, None)
+        await self._read_progress(job.id, workdir, _ProgressCursor())
+        jl.system(f"process exited with code {code}")
+        if run.cancel is not None:
+            job = self.store.get_job(job.id)
+            reason = f"cancelled{': ' + run.cancel_reason if run.cancel_reason else ''}"
+            await self._collect_logs(job)
+            self._set_status(job, S.CANCELLED, reason)
+            return (CANCELLED_CODE, reason)
+        job = self.store.get_job(job.id)
+        self._set_status(job, S.UPLOADING_OUTPUT)
+        self._progress(job.id, "collecting outputs", 95)
+        await self._collect_outputs(job, workdir, jl)
+        await self._collect_logs(job)
+        job.ClearField("output_files")
+        job.output_files.extend(f.to_proto() for f in self.store.files(job.id, ["output"]))
+        job.ClearField("log_files")
+        job.log_files.extend(f.to_proto() for f in self.store.files(job.id, ["log"]))
+        job.data_size_bytes = sum(f.size for f in self.store.files(job.id))
+        if code == 0:
+            self._set_status(job, S.SUCCESS, "")
+        else:
+            what = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            self._set_status(job, S.ERROR, f"process {what}")
+        self._progress(job.id, "done", 100)
+        run.response = _result(code)
+        return None
+
+    # -- preparing ------------------------------------------------------------
+    def _materialize(self, job: jobs_pb2.Job, workdir: Path) -> dict[str, str]:
+        """Put inputs and local modules in the working dir; return ${VAR} values."""
+        p = job.job_parameters
+        values: dict[str, str] = {a.name: a.value for a in p.arguments}
+        for f in p.env.python_env.local_modules:
+            self._unpack(f, workdir, workdir)
+            if f.desc.var:
+                values[f.desc.var] = "."
+        for i in range(len(p.env.python_env.local_modules)):
+            values.setdefault(f"_LOCAL_MODULE_{i}", ".")
+        for f in p.input_files:
+            dest = place(workdir, f.desc.path, f.desc.var, "inputs")
+            if f.compression_type == S.ZIP:
+                self._unpack(f, dest.parent, dest)
+            else:
+                self.blobs.copy_to(f.sha256, dest)
+            if f.desc.var:
+                values[f.desc.var] = str(dest.relative_to(workdir))
+        for d in p.output_files:
+            dest = place(workdir, d.path, d.var, "outputs")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if d.var:
+                values[d.var] = str(dest.relative_to(workdir))
+        if p.attach_project_disk:
+            home = self.projects_root / (job.project_id or "default")
+            home.mkdir(parents=True, exist_ok=True)
+            values[PROJECT_HOME] = str(home)
+        return values
+
+    def _unpack(self, f: jobs_pb2.File, parent: Path, target: Path) -> None:
+        """Extract a ZIP blob: into ``parent`` when its entries are rooted at target's name, else into target."""
+        from jupyter_ds_jobs.packaging.bundle import safe_extract
+
+        src = self.blobs.path(f.sha256)
+        with zipfile.ZipFile(src) as z:
+            names = [n for n in z.namelist() if n]
+        prefix = target.name + "/"
+        dest = parent if target != parent and names and all(n.startswith(prefix) for n in names) else target
+        dest.mkdir(parents=True, exist_ok=True)
+        safe_extract(src, dest)
+
+    def _base_env(self, job: jobs_pb2.Job, workdir: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DS_JOBS_", "VIRTUAL_ENV"))}
+        env.update(job.job_parameters.env.vars)
+        env["DS_JOB_ID"] = job.id
+        env["PYTHONUNBUFFERED"] = "1"
+        pp = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = str(workdir) + (os.pathsep + pp if pp else "")
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        if job.job_parameters.attach_project_disk:
+            env[PROJECT_HOME] = str(self.projects_root / (job.project_id or "default"))
+        return env
+
+    async def _environment(
+        self, run: _Run, job: jobs_pb2.Job, env: dict[str, str], jl: JobLog
+    ) -> dict[str, str]:
+        from jupyter_ds_jobs.server.environments import EnvironmentCache, EnvSpec
+
+        cache = self.environments
+        assert isinstance(cache, EnvironmentCache)
+        spec = EnvSpec.from_proto(job.job_parameters.env.python_env)
+        environment = cache.lookup(spec)
+        if environment is None:
+            self._progress(job.id, "building the Python environment", 7)
+            jl.system(f"building a Python environment: {' '.join(spec.requirements) or '(no requirements)'}")
+            t0 = time.monotonic()
+            environment = await cache.ensure(spec, jl.system)
+            jl.system(f"environment ready in {time.monotonic() - t0:.2f}s")
+        cache.acquire(environment)
+        run.environment = environment
+        result: dict[str, str] = environment.apply(env)
+        return result
+
+    def _release_environment(self, environment: object) -> None:
+        from jupyter_ds_jobs.server.environments import Environment, EnvironmentCache
+
+        if isinstance(self.environments, EnvironmentCache) and isinstance(environment, Environment):
+            self.environments.release(environment)
+
+    # -- progress ------------------------------------------------------------
+    async def _watch_progress(self, job_id: str, workdir: Path) -> None:
+        cursor = _ProgressCursor()
+        while True:
+            await asyncio.sleep(0.25)
+            await self._read_progress(job_id, workdir, cursor)
+
+    async def _read_progress(self, job_id: str, workdir: Path, cursor: _ProgressCursor) -> None:
+        path = workdir / "job_progress.jsonl"
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= cursor.pos:
+            return
+        with open(path, "rb") as f:
+            f.seek(cursor.pos)
+            data = f.read(size - cursor.pos)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        cursor.pos += end + 1
+        last = None
+        for line in data[: end + 1].splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                obj = json.loads(line)
+                last = (str(obj.get("message", "")), int(obj.get("progress", 0)))
+        if last is not None:
+            self._progress(job_id, *last)
+            run = self._runs.get(job_id)
+            if run is not None:
+                self.store.touch_operation(run.op_id)
+
+    # -- outputs -----------------------------------------------------------------
+    async def _collect_outputs(self, job: jobs_pb2.Job, workdir: Path, jl: JobLog) -> None:
+        refs: list[FileRef] = []
+        del job.file_errors[:]
+        for d in job.job_parameters.output_files:
+            src = place(workdir, d.path, d.var, "outputs")
+            if src.is_dir():
+                ref = await asyncio.to_thread(self._add_dir, src, d)
+            elif src.is_file():
+                sha, size = await asyncio.to_thread(self._add_file, src)
+                ref = FileRef("output", d.path, d.var, sha, size, S.NONE)
+            else:
+                msg = f"output file {d.path!r} was not created by the job"
+                jl.system(msg)
+                job.file_errors.add(output_file_desc=d, description=msg, type=S.FileUploadError.NOT_FOUND)
+                continue
+            refs.append(ref)
+        self.store.add_files(job.id, refs)
+
+    def _add_file(self, src: Path) -> tuple[str, int]:
+        """Hash a finished output in place, then hard-link it into the blob store (no copy)."""
+        from jupyter_ds_jobs.packaging.bundle import sha256_file
+
+        sha = sha256_file(src)
+        if not self.blobs.exists(sha):
+            dest = self.blobs.path(sha)
+            dest.parent.mkdir(exist_ok=True)
+            tmp = self.blobs.tmp / f"ln-{sha}-{os.getpid()}"
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        return sha, src.stat().st_size
+
+    def _add_dir(self, src: Path, d: jobs_pb2.FileDesc) -> FileRef:
+        from jupyter_ds_jobs.packaging.bundle import zip_path
+
+        tmp = self.blobs.tmp / f"outzip-{os.getpid()}-{id(src)}.zip"
+        try:
+            sha, size = zip_path(src, tmp)
+            if not self.blobs.exists(sha):
+                self.blobs.publish(tmp, sha)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return FileRef("output", d.path, d.var, sha, size, S.ZIP)
+
+    async def _collect_logs(self, job: jobs_pb2.Job) -> None:
+        refs = []
+        for path in self.logs.plain_files(job.id):
+            sha, size = await asyncio.to_thread(self.blobs.add_file, path)
+            refs.append(FileRef("log", path.name, "", sha, size, S.NONE))
+        self.store.add_files(job.id, refs)
+        job.ClearField("log_files")
+        job.log_files.extend(r.to_proto() for r in self.store.files(job.id, ["log"]))
+
+
+@dataclass
+class _ProgressCursor:
+    pos: int = 0
+
+
+def substitute(cmd: str, values: dict[str, str]) -> str:
+    from jupyter_ds_jobs.server.validation import CMD_VAR_RE
+
+    return CMD_VAR_RE.sub(lambda m: values.get(m.group(1), m.group(0)), cmd)
+
+
+def _result(code: int) -> bytes:
+    return jobs_pb2.JobResult(return_code=code).SerializeToString()

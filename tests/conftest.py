@@ -1,0 +1,57 @@
+"""Shared fixtures: a real job server on free loopback ports, with its own state dir."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from jupyter_ds_jobs.core.connection import ConnectionInfo
+from jupyter_ds_jobs.server.app import ServerOptions, ServerThread
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_jupyter_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep connection files and state of tests out of the user's Jupyter dirs."""
+    base = tmp_path_factory.mktemp("jupyter")
+    old = {k: os.environ.get(k) for k in ("JUPYTER_RUNTIME_DIR", "DS_JOBS_STATE_DIR", "JUPYTER_DATA_DIR")}
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(base / "runtime")
+    os.environ["DS_JOBS_STATE_DIR"] = str(base / "state")
+    os.environ["JUPYTER_DATA_DIR"] = str(base / "data")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+class RunningServer:
+    def __init__(self, thread: ServerThread, info: ConnectionInfo) -> None:
+        self.thread = thread
+        self.info = info
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.info.token}")]
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.info.endpoint)
+
+
+@pytest.fixture
+def server_options(tmp_path: Path) -> ServerOptions:
+    return ServerOptions(state_dir=tmp_path / "state", token="test-token", write_runtime_file=False, sweep_interval=3600)
+
+
+@pytest.fixture
+def server(server_options: ServerOptions) -> Iterator[RunningServer]:
+    thread = ServerThread(server_options)
+    info = thread.start()
+    try:
+        yield RunningServer(thread, info)
+    finally:
+        thread.stop()
