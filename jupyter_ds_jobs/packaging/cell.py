@@ -1,0 +1,685 @@
+"""Static analysis of one notebook cell's Python source (no IPython import, never executes it).
+
+``analyze_cell`` tells which names a cell needs from the kernel (``reads``), which names it leaves
+behind (``assigns``), which modules it imports and which of its lines are IPython-only syntax
+(``!cmd``, ``%magic``, ``%%magic``, ``x = !ls``, ``obj?``).
+
+How reads are decided:
+
+* The cell's top level is walked in execution order with *definite assignment*: a name read while it
+  may still be unbound (never assigned so far, assigned in only one branch of an ``if``, only inside
+  a loop body or a ``try`` body...) is a read. Builtins are never reads.
+* Function, lambda and class bodies get their own scopes (parameters, locals, ``global``,
+  ``nonlocal``, closures, comprehension variables, ``:=`` leaking out of comprehensions).
+* The global names a function needs are resolved where the function is first *used* at top level
+  (called, passed, decorated...), or at the end of the cell when it never is: ``def f(): return x``
+  then ``x = 1`` then ``f()`` does not read ``x``, but ``f()`` before ``x = 1`` does.
+* Class bodies run at once; their methods behave like functions, resolved when the class is used.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..core.errors import InvalidArgument
+from .analysis import find_imports
+
+__all__ = ["CellAnalysis", "analyze_cell", "parse_cell"]
+
+#: Names that exist in every module namespace: never inputs.
+_ALWAYS_DEFINED = frozenset(dir(builtins)) | {
+    "__builtins__",
+    "__file__",
+    "__cached__",
+    "__annotations__",
+}
+
+#: Cell magics whose body is Python run in the user namespace.
+_PY_BODY_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
+#: Line magics whose argument is a Python statement run in the user namespace.
+_PY_STMT_LINE_MAGICS = frozenset({"time", "timeit"})
+
+_MAGIC = re.compile(r"^%{1,2}(?P<name>[\w.]+)(?P<rest>.*)$", re.DOTALL)
+_ASSIGN_FROM_MAGIC = re.compile(r"^(?P<lhs>[^\W\d][\w.]*(?:\s*,\s*[^\W\d][\w.]*)*)\s*=\s*(?P<rhs>[!%].*)$")
+_HELP_SUFFIX = re.compile(r"^%?[\w.*\[\]()'\"]+\s*\?{1,2}$")
+_TIMEIT_OPTIONS = re.compile(r"^(?:\s*-(?:[nrp]\s*\d+|[oqtc])(?=\s))*\s*")
+
+
+@dataclass
+class CellAnalysis:
+    """What one cell reads, binds and imports (see the module docstring for the rules)."""
+
+    reads: list[str]
+    """Names read while possibly unbound in the cell: candidates for inputs, in first-use order."""
+    assigns: list[str]
+    """Names the cell may bind at top level, in first-binding order (names it deletes are left out)."""
+    imports: list[str]
+    """Top-level names of the modules the cell imports (anywhere in it), in order."""
+    ipython_syntax: list[tuple[int, str]]
+    """(1-based line, stripped text) of each line using IPython-only syntax."""
+    deletes: list[str] = field(default_factory=list)
+    """Names the cell deletes at top level (``del x``) and does not bind again afterwards."""
+
+
+# --------------------------------------------------------------------------- IPython syntax
+
+
+def _strip_magic(text: str) -> str | None:
+    """The Python statement inside ``%time stmt`` / ``%timeit [-n N] stmt``, else None."""
+    m = _MAGIC.match(text)
+    if m is None or text.startswith("%%") or m["name"] not in _PY_STMT_LINE_MAGICS:
+        return None
+    rest = m["rest"]
+    if m["name"] == "timeit":
+        rest = _TIMEIT_OPTIONS.sub("", rest + " ", count=1)
+    rest = rest.strip()
+    return rest or None
+
+
+def _rewrite_line(line: str) -> str | None:
+    """Python with the same meaning for names as an IPython-only ``line``, or None if it is not one."""
+    body = line.strip()
+    if not body:
+        return None
+    indent = line[: len(line) - len(line.lstrip())]
+    m = _ASSIGN_FROM_MAGIC.match(body)
+    if m is not None:
+        value = "None"
+        stmt = _strip_magic(m["rhs"])
+        if stmt is not None:
+            try:
+                ast.parse(stmt, mode="eval")
+            except SyntaxError:
+                pass
+            else:
+                value = stmt
+        return f"{indent}{m['lhs']} = {value}"
+    if body[0] == "%":
+        return indent + (_strip_magic(body) or "pass")
+    if body[0] in "!?/,;" or _HELP_SUFFIX.match(body):
+        return indent + "pass"
+    return None
+
+
+def _syntax_error(err: SyntaxError, lines: Sequence[str], filename: str) -> InvalidArgument:
+    lineno = err.lineno or 0
+    text = lines[lineno - 1].strip() if 1 <= lineno <= len(lines) else (err.text or "").strip()
+    where = f"{filename}, line {lineno}" if filename != "<cell>" else f"line {lineno}"
+    return InvalidArgument(f"syntax error on {where}: {err.msg}" + (f": {text}" if text else ""))
+
+
+def parse_cell(source: str, filename: str = "<cell>") -> tuple[ast.Module, list[tuple[int, str]]]:
+    """Parse a cell's source, IPython syntax included, into a Python AST.
+
+    Lines with IPython-only syntax are replaced, one for one, by Python with the same effect on
+    names (``!ls`` -> ``pass``, ``x = !ls`` -> ``x = None``, ``%time y = f(x)`` -> ``y = f(x)``); a
+    cell magic whose body is not Python (``%%bash``, ``%%html``, ``%%writefile``...) gives an empty
+    module. Returns the tree and the (1-based line, text) of each IPython line. Raises
+    ``InvalidArgument`` naming the line for any other syntax error.
+    """
+    lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    original = list(lines)
+    found: list[tuple[int, str]] = []
+    first = next((i for i, text in enumerate(lines) if text.strip()), None)
+    if first is not None and lines[first].lstrip().startswith("%%"):
+        head = lines[first].strip()
+        found.append((first + 1, head))
+        m = _MAGIC.match(head)
+        lines[first] = ""
+        if m is None or m["name"] not in _PY_BODY_CELL_MAGICS:
+            return ast.parse("", filename=filename), found
+    rewritten: set[int] = set()
+    while True:
+        try:
+            tree = ast.parse("\n".join(lines), filename=filename)
+        except SyntaxError as err:
+            lineno = err.lineno
+            if lineno is None or not 1 <= lineno <= len(lines) or lineno in rewritten:
+                raise _syntax_error(err, original, filename) from None
+            new = _rewrite_line(lines[lineno - 1])
+            if new is None:
+                raise _syntax_error(err, original, filename) from None
+            found.append((lineno, lines[lineno - 1].strip()))
+            lines[lineno - 1] = new
+            rewritten.add(lineno)
+            continue
+        found.sort()
+        return tree, found
+
+
+# --------------------------------------------------------------------------- nested scopes
+
+_FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+_Comprehension = ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
+
+
+def _arg_names(args: ast.arguments) -> list[str]:
+    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    names += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
+    return names
+
+
+def _arg_defaults(args: ast.arguments) -> list[ast.expr]:
+    return [*args.defaults, *(d for d in args.kw_defaults if d is not None)]
+
+
+def _arg_annotations(args: ast.arguments) -> list[ast.expr]:
+    all_args = (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg)
+    return [a.annotation for a in all_args if a is not None and a.annotation is not None]
+
+
+def _type_param_names(node: ast.AST) -> list[str]:
+    """Names of PEP 695 type parameters (Python >= 3.12), if any."""
+    return [str(getattr(p, "name", "")) for p in getattr(node, "type_params", ()) or ()]
+
+
+class _Scope:
+    """Free names of a scope nested in the cell (function, lambda, class body, comprehension)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "function" | "class" | "comprehension"
+        self.bound: dict[str, None] = {}
+        self.loads: dict[str, None] = {}
+        self.passthrough: dict[str, None] = {}  # free names of methods: skip the class scope
+        self.declared_global: set[str] = set()
+        self.declared_nonlocal: set[str] = set()
+        self.forced_globals: dict[str, None] = {}
+        self.global_assigns: dict[str, None] = {}
+        self.walrus: dict[str, None] = {}
+
+    # results -------------------------------------------------------------
+    def free(self) -> dict[str, None]:
+        """Names this scope needs from enclosing scopes (or globals), in first-use order."""
+        local = {n for n in self.bound if n not in self.declared_global and n not in self.declared_nonlocal}
+        out = {n: None for n in self.loads if n not in local and n not in self.declared_global}
+        out.update((n, None) for n in self.passthrough if n not in self.declared_global)
+        return out
+
+    def forced(self) -> dict[str, None]:
+        """Names referenced through a ``global`` declaration here or in nested scopes."""
+        out = dict(self.forced_globals)
+        out.update((n, None) for n in (*self.loads, *self.passthrough) if n in self.declared_global)
+        return out
+
+    def assigned_globals(self) -> dict[str, None]:
+        out = dict(self.global_assigns)
+        out.update((n, None) for n in self.bound if n in self.declared_global)
+        return out
+
+    # building ------------------------------------------------------------
+    def bind(self, name: str) -> None:
+        self.bound.setdefault(name)
+
+    def load(self, name: str) -> None:
+        self.loads.setdefault(name)
+
+    def absorb(self, child: _Scope) -> None:
+        """Take a nested scope's needs: its free names resolve here (except through a class)."""
+        target = self.passthrough if (self.kind == "class" and child.kind == "function") else self.loads
+        for name in child.free():
+            target.setdefault(name)
+        self.forced_globals.update(child.forced())
+        self.global_assigns.update(child.assigned_globals())
+        for name in child.walrus:
+            if self.kind == "comprehension":
+                self.walrus.setdefault(name)
+            else:
+                self.bind(name)
+
+    def visit_all(self, nodes: Iterable[ast.AST]) -> None:
+        for node in nodes:
+            self.visit(node)
+
+    def visit(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                self.load(node.id)
+            else:
+                self.bind(node.id)
+        elif isinstance(node, ast.NamedExpr):
+            self.visit(node.value)
+            if isinstance(node.target, ast.Name):
+                if self.kind == "comprehension":
+                    self.walrus.setdefault(node.target.id)
+                else:
+                    self.bind(node.target.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            self.visit_all(node.decorator_list)
+            self.visit_all(_arg_defaults(node.args))
+            self.visit_all(_arg_annotations(node.args))
+            if node.returns is not None:
+                self.visit(node.returns)
+            self.bind(node.name)
+            self.absorb(_function_scope(node))
+        elif isinstance(node, ast.Lambda):
+            self.visit_all(_arg_defaults(node.args))
+            self.absorb(_function_scope(node))
+        elif isinstance(node, ast.ClassDef):
+            self.visit_all(node.decorator_list)
+            self.visit_all(node.bases)
+            self.visit_all(k.value for k in node.keywords)
+            self.bind(node.name)
+            self.absorb(_class_scope(node))
+        elif isinstance(node, _Comprehension):
+            self.visit(node.generators[0].iter)
+            self.absorb(_comprehension_scope(node))
+        elif isinstance(node, ast.Global):
+            self.declared_global.update(node.names)
+        elif isinstance(node, ast.Nonlocal):
+            self.declared_nonlocal.update(node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                self.bind(alias.asname or alias.name.partition(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if alias.name != "*":
+                    self.bind(alias.asname or alias.name)
+        elif isinstance(node, ast.AnnAssign) and self.kind == "function":
+            # a local variable's annotation is never evaluated
+            if node.value is not None:
+                self.visit(node.value)
+            self.visit(node.target)
+        elif isinstance(node, ast.ExceptHandler):
+            if node.type is not None:
+                self.visit(node.type)
+            if node.name:
+                self.bind(node.name)
+            self.visit_all(node.body)
+        elif isinstance(node, ast.MatchAs | ast.MatchStar):
+            if node.name:
+                self.bind(node.name)
+            for child in ast.iter_child_nodes(node):
+                self.visit(child)
+        elif isinstance(node, ast.MatchMapping):
+            if node.rest:
+                self.bind(node.rest)
+            for child in ast.iter_child_nodes(node):
+                self.visit(child)
+        else:
+            for child in ast.iter_child_nodes(node):
+                self.visit(child)
+
+
+def _function_scope(node: _FunctionNode) -> _Scope:
+    scope = _Scope("function")
+    for name in (*_arg_names(node.args), *_type_param_names(node)):
+        scope.bind(name)
+    if isinstance(node, ast.Lambda):
+        scope.visit(node.body)
+    else:
+        scope.visit_all(node.body)
+    return scope
+
+
+def _class_scope(node: ast.ClassDef) -> _Scope:
+    scope = _Scope("class")
+    for name in _type_param_names(node):
+        scope.bind(name)
+    scope.visit_all(node.body)
+    return scope
+
+
+def _comprehension_scope(node: _Comprehension) -> _Scope:
+    scope = _Scope("comprehension")
+    for i, gen in enumerate(node.generators):
+        if i:
+            scope.visit(gen.iter)
+        scope.visit(gen.target)
+        scope.visit_all(gen.ifs)
+    if isinstance(node, ast.DictComp):
+        scope.visit(node.key)
+        scope.visit(node.value)
+    else:
+        scope.visit(node.elt)
+    return scope
+
+
+def _scope_needs(scope: _Scope) -> dict[str, None]:
+    """Global names a scope nested directly in the cell needs."""
+    out = scope.free()
+    out.update(scope.forced())
+    return out
+
+
+# --------------------------------------------------------------------------- cell top level
+
+
+def _irrefutable(pattern: ast.pattern) -> bool:
+    if isinstance(pattern, ast.MatchAs):
+        return pattern.pattern is None or _irrefutable(pattern.pattern)
+    if isinstance(pattern, ast.MatchOr):
+        return any(_irrefutable(p) for p in pattern.patterns)
+    return False
+
+
+class _Flow:
+    """Walks statements of the cell (or of a class body in it) in execution order."""
+
+    def __init__(self, parent: _Flow | None = None, sink: dict[str, None] | None = None) -> None:
+        self.parent = parent
+        self.sink = sink  # class body: where methods' needs go
+        self.bound: set[str] = set()
+        self.reads: dict[str, None] = {}
+        self.assigns: dict[str, None] = {}
+        self.deleted: dict[str, None] = {}
+        self.pending: dict[str, dict[str, None]] = {}
+        self.future_annotations = False
+
+    @property
+    def top(self) -> _Flow:
+        return self if self.parent is None else self.parent.top
+
+    # names ---------------------------------------------------------------
+    def read(self, name: str) -> None:
+        if self.parent is not None:
+            if name not in self.bound:
+                self.parent.read(name)
+            return
+        needs = self.pending.pop(name, None)
+        if needs is not None:
+            for dep in needs:
+                self.read(dep)
+        if name not in self.bound and name not in _ALWAYS_DEFINED:
+            self.reads.setdefault(name)
+
+    def bind(self, name: str) -> None:
+        self.bound.add(name)
+        if self.parent is None:
+            self.assigns.setdefault(name)
+            self.deleted.pop(name, None)
+            self.pending.pop(name, None)
+
+    def unbind(self, name: str) -> None:
+        self.bound.discard(name)
+        if self.parent is None:
+            self.deleted.setdefault(name)
+            self.pending.pop(name, None)
+
+    def defer(self, name: str | None, needs: dict[str, None]) -> None:
+        """Record what a function/class needs, to be resolved when ``name`` is used."""
+        if self.sink is not None:
+            self.sink.update(needs)
+        elif name is not None:
+            self.pending[name] = needs
+        else:
+            for dep in needs:
+                self.read(dep)
+
+    def finish(self) -> None:
+        """Resolve functions and classes never used at top level against the final state."""
+        while self.pending:
+            name = next(iter(self.pending))
+            for dep in self.pending.pop(name):
+                self.read(dep)
+
+    # expressions ---------------------------------------------------------
+    def expr(self, node: ast.AST | None) -> None:
+        if node is None:
+            return
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                self.read(node.id)
+            else:
+                self.bind(node.id)
+        elif isinstance(node, ast.NamedExpr):
+            self.expr(node.value)
+            self.target(node.target)
+        elif isinstance(node, ast.Lambda):
+            for default in _arg_defaults(node.args):
+                self.expr(default)
+            for dep in _scope_needs(_function_scope(node)):
+                self.read(dep)
+        elif isinstance(node, _Comprehension):
+            self.expr(node.generators[0].iter)
+            scope = _comprehension_scope(node)
+            for dep in _scope_needs(scope):
+                self.read(dep)
+            for name in scope.walrus:
+                self.bind(name)
+        else:
+            for child in ast.iter_child_nodes(node):
+                self.expr(child)
+
+    def target(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Name):
+            self.bind(node.id)
+        elif isinstance(node, ast.Tuple | ast.List):
+            for elt in node.elts:
+                self.target(elt)
+        elif isinstance(node, ast.Starred):
+            self.target(node.value)
+        elif isinstance(node, ast.Attribute):
+            self.expr(node.value)
+        elif isinstance(node, ast.Subscript):
+            self.expr(node.value)
+            self.expr(node.slice)
+        else:
+            self.expr(node)
+
+    def annotation(self, node: ast.expr | None) -> None:
+        if not self.top.future_annotations:
+            self.expr(node)
+
+    # statements ----------------------------------------------------------
+    def block(self, stmts: Sequence[ast.stmt]) -> bool:
+        """Walk a block; True when it always ends by raise/return/break/continue."""
+        return any(self.stmt(s) for s in stmts)
+
+    def branches(self, before: set[str], outcomes: list[tuple[set[str], bool]]) -> bool:
+        """Join the bound sets of alternative paths; True when every path terminates."""
+        live = [bound for bound, terminated in outcomes if not terminated]
+        if not live:
+            self.bound = before
+            return True
+        joined = set(live[0])
+        for bound in live[1:]:
+            joined &= bound
+        self.bound = joined
+        return False
+
+    def run_branch(self, before: set[str], stmts: Sequence[ast.stmt]) -> tuple[set[str], bool]:
+        self.bound = set(before)
+        terminated = self.block(stmts)
+        return self.bound, terminated
+
+    def stmt(self, node: ast.stmt) -> bool:
+        if isinstance(node, ast.Assign):
+            value = node.value
+            if (
+                isinstance(value, ast.Lambda)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+            ):
+                for default in _arg_defaults(value.args):
+                    self.expr(default)
+                self.bind(node.targets[0].id)
+                self.defer(node.targets[0].id, _scope_needs(_function_scope(value)))
+                return False
+            self.expr(value)
+            for tgt in node.targets:
+                self.target(tgt)
+        elif isinstance(node, ast.AugAssign):
+            if isinstance(node.target, ast.Name):
+                self.read(node.target.id)
+                self.expr(node.value)
+                self.bind(node.target.id)
+            else:
+                self.target(node.target)
+                self.expr(node.value)
+        elif isinstance(node, ast.AnnAssign):
+            self.expr(node.value)
+            self.annotation(node.annotation)
+            if node.value is not None or not isinstance(node.target, ast.Name):
+                self.target(node.target)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for dec in node.decorator_list:
+                self.expr(dec)
+            for default in _arg_defaults(node.args):
+                self.expr(default)
+            for ann in _arg_annotations(node.args):
+                self.annotation(ann)
+            self.annotation(node.returns)
+            scope = _function_scope(node)
+            self.bind(node.name)
+            for name in scope.assigned_globals():
+                self.top.assigns.setdefault(name)
+            self.defer(node.name, _scope_needs(scope))
+        elif isinstance(node, ast.ClassDef):
+            for dec in node.decorator_list:
+                self.expr(dec)
+            for base in node.bases:
+                self.expr(base)
+            for kw in node.keywords:
+                self.expr(kw.value)
+            sink: dict[str, None] = {} if self.sink is None else self.sink
+            body = _Flow(parent=self, sink=sink)
+            body.bound.update(_type_param_names(node))
+            body.block(node.body)
+            self.bind(node.name)
+            if self.sink is None:
+                self.pending[node.name] = sink
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                self.bind(alias.asname or alias.name.partition(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            if node.module == "__future__" and any(a.name == "annotations" for a in node.names):
+                self.top.future_annotations = True
+            for alias in node.names:
+                if alias.name != "*":
+                    self.bind(alias.asname or alias.name)
+        elif isinstance(node, ast.Delete):
+            for tgt in node.targets:
+                self.delete(tgt)
+        elif isinstance(node, ast.If):
+            self.expr(node.test)
+            before = set(self.bound)
+            return self.branches(
+                before, [self.run_branch(before, node.body), self.run_branch(before, node.orelse)]
+            )
+        elif isinstance(node, ast.For | ast.AsyncFor):
+            self.expr(node.iter)
+            before = set(self.bound)
+            self.target(node.target)
+            self.block(node.body)
+            self.run_branch(before, node.orelse)
+            self.bound = before
+        elif isinstance(node, ast.While):
+            self.expr(node.test)
+            before = set(self.bound)
+            self.block(node.body)
+            self.run_branch(before, node.orelse)
+            self.bound = before
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            for item in node.items:
+                self.expr(item.context_expr)
+                if item.optional_vars is not None:
+                    self.target(item.optional_vars)
+            return self.block(node.body)
+        elif isinstance(node, ast.Try | ast.TryStar):
+            return self.try_stmt(node)
+        elif isinstance(node, ast.Match):
+            self.expr(node.subject)
+            before = set(self.bound)
+            outcomes = []
+            for case in node.cases:
+                self.bound = set(before)
+                self.pattern(case.pattern)
+                self.expr(case.guard)
+                outcomes.append((self.bound, self.block(case.body)))
+            self.bound = before
+            if not any(c.guard is None and _irrefutable(c.pattern) for c in node.cases):
+                outcomes.append((before, False))
+            return self.branches(before, outcomes)
+        elif isinstance(node, ast.Return):
+            self.expr(node.value)
+            return True
+        elif isinstance(node, ast.Raise):
+            self.expr(node.exc)
+            self.expr(node.cause)
+            return True
+        elif isinstance(node, ast.Break | ast.Continue):
+            return True
+        elif isinstance(node, ast.Global | ast.Nonlocal | ast.Pass):
+            pass
+        elif type(node).__name__ == "TypeAlias":  # Python >= 3.12: type X = ...
+            type_name = getattr(node, "name", None)
+            if isinstance(type_name, ast.Name):
+                self.bind(type_name.id)
+            self.expr(getattr(node, "value", None))
+        else:  # Expr, Assert and anything new: read every expression in it
+            self.expr(node)
+        return False
+
+    def try_stmt(self, node: ast.Try | ast.TryStar) -> bool:
+        before = set(self.bound)
+        terminated = self.block(node.body)
+        if not terminated:
+            terminated = self.block(node.orelse)
+        outcomes = [(self.bound, terminated)]
+        for handler in node.handlers:
+            self.bound = set(before)
+            self.expr(handler.type)
+            if handler.name:  # bound for the handler only: Python deletes it afterwards
+                self.bound.add(handler.name)
+            handler_terminated = self.block(handler.body)
+            if handler.name:
+                self.bound.discard(handler.name)
+            outcomes.append((self.bound, handler_terminated))
+        terminated = self.branches(before, outcomes)
+        if node.finalbody:
+            terminated = self.block(node.finalbody) or terminated
+        return terminated
+
+    def delete(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Name):
+            self.read(node.id)
+            self.unbind(node.id)
+        elif isinstance(node, ast.Tuple | ast.List):
+            for elt in node.elts:
+                self.delete(elt)
+        else:
+            self.target(node)
+
+    def pattern(self, node: ast.AST) -> None:
+        if isinstance(node, ast.MatchValue):
+            self.expr(node.value)
+        elif isinstance(node, ast.MatchClass):
+            self.expr(node.cls)
+        elif isinstance(node, ast.MatchMapping):
+            for key in node.keys:
+                self.expr(key)
+            if node.rest:
+                self.bind(node.rest)
+        elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
+            self.bind(node.name)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.pattern):
+                self.pattern(child)
+
+
+def analyze_cell(source: str) -> CellAnalysis:
+    """Analyze one notebook cell's source statically (see the module docstring).
+
+    Raises ``InvalidArgument`` naming the line when the source (IPython syntax aside) is not valid
+    Python.
+    """
+    tree, ipython_lines = parse_cell(source)
+    flow = _Flow()
+    flow.block(tree.body)
+    flow.finish()
+    imports: dict[str, None] = {}
+    for ref in find_imports(tree):
+        if ref.level == 0 and ref.module:
+            imports.setdefault(ref.module.partition(".")[0])
+    deleted = set(flow.deleted)
+    return CellAnalysis(
+        reads=list(flow.reads),
+        assigns=[n for n in flow.assigns if n not in deleted],
+        imports=list(imports),
+        ipython_syntax=ipython_lines,
+        deletes=list(flow.deleted),
+    )
