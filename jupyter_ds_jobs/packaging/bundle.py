@@ -214,7 +214,7 @@ def safe_extract(zip_file: Path, dest: Path) -> None:
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 link = zf.read(info).decode("utf-8", "surrogateescape")
-                resolved = os.path.normpath(os.path.join(os.path.dirname(target), link))
+                resolved = os.path.realpath(os.path.join(os.path.dirname(target), link))
                 if os.path.isabs(link) or not _inside(resolved, root):
                     raise InvalidArgument(
                         f"symlink zip entry {info.filename!r} points outside the target: {link}"
