@@ -44,7 +44,9 @@ class RunningServer:
 
 @pytest.fixture
 def server_options(tmp_path: Path) -> ServerOptions:
-    return ServerOptions(state_dir=tmp_path / "state", token="test-token", write_runtime_file=False, sweep_interval=3600)
+    return ServerOptions(
+        state_dir=tmp_path / "state", token="test-token", write_runtime_file=False, sweep_interval=3600
+    )
 
 
 @pytest.fixture

@@ -13,7 +13,9 @@ from typing import Any
 from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, ops_grpc, ops_pb2, pjs_grpc, pjs_pb2
 
 
-def http(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def http(
+    method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -65,11 +67,15 @@ class Api:
             blobs[path] = data
         if modules:
             data = zip_bytes(modules)
-            p.env.python_env.local_modules.append(file_msg("/tmp/x/mods.zip", data, "_LOCAL_MODULE_0", zipped=True))
+            p.env.python_env.local_modules.append(
+                file_msg("/tmp/x/mods.zip", data, "_LOCAL_MODULE_0", zipped=True)
+            )
             blobs["/tmp/x/mods.zip"] = data
         for path, var in outputs or []:
             p.output_files.add(path=path, var=var)
-        op = self.jobs.Create(pjs_pb2.CreateProjectJobRequest(project_id=project, job_parameters=p), metadata=self.md)
+        op = self.jobs.Create(
+            pjs_pb2.CreateProjectJobRequest(project_id=project, job_parameters=p), metadata=self.md
+        )
         resp = pjs_pb2.CreateProjectJobResponse()
         assert op.done and op.response.Unpack(resp)
         if upload:
@@ -98,9 +104,15 @@ class Api:
 
     def logs(self, job_id: str, offset: int = 0) -> list[tuple[str, bytes]]:
         out = []
-        for resp in self.jobs.ReadLogs(pjs_pb2.ReadProjectJobLogsRequest(job_id=job_id, offset=offset), metadata=self.md):
+        for resp in self.jobs.ReadLogs(
+            pjs_pb2.ReadProjectJobLogsRequest(job_id=job_id, offset=offset), metadata=self.md
+        ):
             for m in resp.logs:
-                src = m.file_path if m.WhichOneof("source") == "file_path" else pjs_pb2.StandardStream.Name(m.standard_stream)
+                src = (
+                    m.file_path
+                    if m.WhichOneof("source") == "file_path"
+                    else pjs_pb2.StandardStream.Name(m.standard_stream)
+                )
                 out.append((src, m.content))
         return out
 

@@ -54,7 +54,7 @@ class JobLog:
         self.finished = False
 
     def write(self, source: int, content: bytes, path: str = "") -> None:
-        if not content:
+        if not content or self._stream.closed:
             return
         p = path.encode()
         self._stream.write(HEADER.pack(MAGIC, source, time.time(), len(content), len(p)) + p + content)
@@ -144,7 +144,8 @@ class LogStore:
                 if f is None and path.exists():
                     f = open(path, "rb")  # noqa: SIM115
                     f.seek(offset)
-                    if offset and f.read(2) != MAGIC:
+                    head = f.read(2)
+                    if len(head) == 2 and head != MAGIC:
                         raise InvalidArgument(
                             f"{offset} is not a record boundary of this job's log", field="offset"
                         )
