@@ -1,0 +1,462 @@
+"""Turn one notebook cell and the kernel's namespace into a job: ``JobParameters`` + local files.
+
+Used by the ``%%ds_job`` magic; no IPython import here. :func:`build_cell_job` does, in order,
+everything that can refuse a cell *before* anything is submitted:
+
+1. static analysis of the cell (:func:`~jupyter_ds_jobs.packaging.cell.analyze_cell`): IPython-only
+   syntax (``!cmd``, ``%magic``) is refused naming the line;
+2. inputs: the names the cell reads that exist in the namespace (or ``inputs``), each pickled with
+   cloudpickle to its own file (modules go by reference, as ``import``), refused naming the variable
+   when it cannot be pickled or is over ``max_input_bytes``;
+3. outputs: the names the cell assigns (or ``outputs``; none with ``no_outputs``);
+4. local modules the cell imports (transitively) as ZIPs, and pinned ``name==version``
+   requirements of the installed distributions used by the cell, those modules and the objects
+   sent (``requirements="auto"``, the same analysis as the CLI's ``python: auto``).
+
+The job's working directory holds the runner's job dir (see :mod:`.runner`)::
+
+    _ds_cell.py  _ds_runner.py  _ds_manifest.json  _ds_inputs/<name>.pkl  <extra input files>
+
+and the job runs ``python _ds_runner.py``. Each input pickle is its own job input file, so the
+server's content addressing dedupes an unchanged one: it is hashed again, never uploaded again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from jupyter_ds_jobs._proto import jobs_pb2
+from jupyter_ds_jobs.core import jobspec
+from jupyter_ds_jobs.core.errors import InvalidArgument
+from jupyter_ds_jobs.core.jobspec import LocalFile
+from jupyter_ds_jobs.packaging import cellio
+from jupyter_ds_jobs.packaging.analysis import analyze_source, requirements_for_modules
+from jupyter_ds_jobs.packaging.cell import CellAnalysis, analyze_cell
+from jupyter_ds_jobs.packaging.runner import (
+    CELL_FILE,
+    ERROR_FILE,
+    INPUTS_DIR,
+    MANIFEST_FILE,
+    OUTPUTS_ZIP,
+    RUNNER_FILE,
+)
+
+__all__ = [
+    "CELL_FILENAME",
+    "CellJob",
+    "CellJobOptions",
+    "CellResults",
+    "IPythonSyntaxError",
+    "build_cell_job",
+    "kernel_python_version",
+    "load_cell_results",
+    "object_modules",
+    "parse_env",
+    "parse_file_spec",
+]
+
+#: The name of the cell in remote tracebacks.
+CELL_FILENAME = "<ds_job cell>"
+_RUNNER_CMD = f"python {RUNNER_FILE}"
+
+
+class IPythonSyntaxError(InvalidArgument):
+    """The cell uses IPython-only syntax (``!cmd``, ``%magic``) that the job cannot run."""
+
+    def __init__(self, lineno: int, text: str) -> None:
+        super().__init__(
+            f"cell line {lineno}: {text!r} is IPython syntax, which the job (plain Python) cannot run; "
+            "run it in a cell of its own before the %%ds_job cell, or use subprocess / the module's API"
+        )
+        self.field = f"line {lineno}"
+        self.lineno = lineno
+        self.text = text
+
+
+def kernel_python_version() -> str:
+    """The kernel's Python ``major.minor``: what the job runs on by default."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@dataclass
+class CellJobOptions:
+    """What the magic's options say about packaging (see ``%%ds_job?``)."""
+
+    inputs: Sequence[str] | None = None
+    """Variables to send (overrides the analysis); ``None``: what the cell reads."""
+    outputs: Sequence[str] | None = None
+    """Variables to bring back (overrides the analysis); ``None``: what the cell assigns."""
+    no_outputs: bool = False
+    files: Sequence[tuple[Path, str]] = ()
+    """Extra input files ``(local path, VAR)``; VAR (may be empty) holds the path in the job."""
+    output_files: Sequence[str] = ()
+    """Extra files the job writes (relative paths), brought back beside the notebook."""
+    requirements: str = "auto"
+    """``auto`` (pinned from the analysis), ``none``, or a requirements file."""
+    pip: Sequence[str] = ()
+    python: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    instance_types: Sequence[str] = ()
+    graceful_timeout: float | None = None
+    search_path: Sequence[Path] = ()
+    """Where local modules are looked for (the notebook's directory...); default: the cwd."""
+    max_input_bytes: int | None = cellio.DEFAULT_MAX_INPUT_BYTES
+
+
+@dataclass
+class CellJob:
+    """A packaged cell: what to send (``params`` + ``files``) and what the analysis found."""
+
+    params: jobs_pb2.JobParameters
+    files: list[LocalFile]
+    inputs: list[str]
+    """Variables pickled and sent."""
+    modules: dict[str, str]
+    """Inputs sent by reference: ``{variable: module name}``."""
+    outputs: list[str] | None
+    """Variables to bring back (``[]`` for none)."""
+    deletes: list[str]
+    """Variables the cell deletes (``del x``): removed from the namespace after a success."""
+    requirements: list[str]
+    local_modules: list[Path]
+    unresolved: list[str]
+    """Imported modules neither local, standard nor installed here (the job may fail on them)."""
+    input_sizes: dict[str, int]
+    output_files: list[str]
+    staging: Path
+    analysis: CellAnalysis
+
+    def cleanup(self) -> None:
+        """Remove the staging directory (the pickles); call once the job is created."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- option parsing
+
+
+def parse_file_spec(spec: str) -> tuple[Path, str]:
+    """``PATH[:VAR]`` of ``--file``; VAR must be a valid Python name (it becomes one in the job)."""
+    path, sep, var = spec.rpartition(":")
+    if not sep or not var.isidentifier() or not path:
+        path, var = spec, ""
+    if not path:
+        raise InvalidArgument("empty path", field="--file")
+    return Path(path).expanduser(), var
+
+
+def parse_env(items: Iterable[str]) -> dict[str, str]:
+    """``K=V`` items of ``--env``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise InvalidArgument(f"{item!r}: expected NAME=VALUE", field="--env")
+        out[key] = value
+    return out
+
+
+def _names(items: Sequence[str] | None, what: str) -> list[str] | None:
+    if items is None:
+        return None
+    out: list[str] = []
+    for item in items:
+        for name in (n.strip() for n in item.split(",")):
+            if not name:
+                continue
+            if not name.isidentifier():
+                raise InvalidArgument(f"{name!r} is not a valid Python variable name", field=what)
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
+# --------------------------------------------------------------------------- requirements
+
+
+def object_modules(value: object, *, depth: int = 2, max_items: int = 64) -> set[str]:
+    """Modules a pickled ``value`` needs on the other side (its type's, a function's globals...).
+
+    A bounded walk: containers are looked into ``depth`` levels deep, ``max_items`` items each;
+    functions and classes defined in the notebook (``__main__``, pickled by value) add the modules
+    their global names refer to.
+    """
+    found: set[str] = set()
+    seen: set[int] = set()
+
+    def add_module_of(obj: object) -> None:
+        mod = getattr(obj, "__module__", None)
+        if isinstance(mod, str) and mod:
+            found.add(mod)
+
+    def walk(obj: object, level: int) -> None:
+        if id(obj) in seen or level < 0:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, types.ModuleType):
+            found.add(obj.__name__)
+            return
+        add_module_of(type(obj))
+        if isinstance(obj, types.FunctionType):
+            add_module_of(obj)
+            if obj.__module__ == "__main__":
+                g = obj.__globals__
+                for name in obj.__code__.co_names:
+                    if name in g:
+                        walk(g[name], level - 1)
+                for cell in obj.__closure__ or ():
+                    with contextlib.suppress(ValueError):
+                        walk(cell.cell_contents, level - 1)
+            return
+        if isinstance(obj, type):
+            add_module_of(obj)
+            for base in obj.__mro__[1:]:
+                add_module_of(base)
+            if obj.__module__ == "__main__":
+                for attr in list(vars(obj).values())[:max_items]:
+                    walk(attr, level - 1)
+            return
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            for i, item in enumerate(obj):
+                if i >= max_items:
+                    break
+                walk(item, level - 1)
+        elif isinstance(obj, dict):
+            for i, (k, v) in enumerate(obj.items()):
+                if i >= max_items:
+                    break
+                walk(k, level - 1)
+                walk(v, level - 1)
+        elif getattr(type(obj), "__module__", "") == "__main__":
+            with contextlib.suppress(TypeError):
+                for i, v in enumerate(vars(obj).values()):
+                    if i >= max_items:
+                        break
+                    walk(v, level - 1)
+
+    walk(value, depth)
+    found.discard("builtins")
+    found.discard("__main__")
+    return found
+
+
+def _read_requirements_file(path: Path, pip: jobs_pb2.PipOptions) -> list[str]:
+    return jobspec._read_requirements(path, "--requirements", pip)
+
+
+# --------------------------------------------------------------------------- building the job
+
+
+def _desc_path_for(local: Path) -> str:
+    return local.name or "input"
+
+
+def build_cell_job(
+    source: str,
+    namespace: Mapping[str, object],
+    options: CellJobOptions | None = None,
+    *,
+    staging_root: Path | None = None,
+) -> CellJob:
+    """Package ``source`` (the cell body, line 1 = the line after ``%%ds_job``) with ``namespace``.
+
+    Raises :class:`IPythonSyntaxError`, :class:`~.cellio.UnpicklableInput`,
+    :class:`~.cellio.InputTooLarge` or ``InvalidArgument`` (naming the variable, line, file or
+    option) before anything is written outside ``staging_root``. The caller owns the returned
+    job's staging dir (:meth:`CellJob.cleanup`).
+    """
+    opts = options or CellJobOptions()
+    analysis = analyze_cell(source)
+    for lineno, text in analysis.ipython_syntax:
+        raise IPythonSyntaxError(lineno + 1, text)  # +1: the %%ds_job line is line 1 of the cell
+
+    explicit_inputs = _names(opts.inputs, "--inputs")
+    if explicit_inputs is not None:
+        missing = [n for n in explicit_inputs if n not in namespace]
+        if missing:
+            raise InvalidArgument(f"input variable {missing[0]!r} is not defined", field="--inputs")
+        input_names = explicit_inputs
+    else:
+        input_names = [n for n in analysis.reads if n in namespace]
+    if opts.no_outputs:
+        outputs: list[str] | None = []
+    else:
+        outputs = _names(opts.outputs, "--outputs")
+        if outputs is None:
+            outputs = list(analysis.assigns)
+
+    # extra input files: checked before any pickling
+    file_vars: dict[str, str] = {}
+    extra_files: list[LocalFile] = []
+    used_paths: set[str] = set()
+    for local, var in opts.files:
+        local = Path(local).expanduser()
+        if not local.exists():
+            raise InvalidArgument(f"no such file or directory: {str(local)!r}", field="--file")
+        desc = _desc_path_for(local)
+        if desc in used_paths or desc.startswith("_ds_"):
+            raise InvalidArgument(f"two input files named {desc!r} (or a reserved name)", field="--file")
+        used_paths.add(desc)
+        is_dir = local.is_dir()
+        extra_files.append(LocalFile(local_path=local.absolute(), desc_path=desc, var="", zip=is_dir))
+        if var:
+            if var in input_names:
+                raise InvalidArgument(
+                    f"variable {var!r} is both an input variable and a --file", field="--file"
+                )
+            file_vars[var] = desc
+    output_files: list[str] = []
+    for path in opts.output_files:
+        p = PurePosixPath(path.replace(os.sep, "/"))
+        if p.is_absolute() or ".." in p.parts or not p.parts or str(p).startswith("_ds_"):
+            raise InvalidArgument(
+                f"{path!r} must be a relative path inside the job's directory, without '..'",
+                field="--output-file",
+            )
+        output_files.append(str(p))
+
+    staging = Path(tempfile.mkdtemp(prefix="ds-cell-", dir=staging_root))
+    try:
+        job = _stage(source, namespace, opts, analysis, input_names, outputs, file_vars, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    job.files.extend(extra_files)
+    job.output_files = output_files
+    for path in output_files:
+        job.params.output_files.add(path=path)
+    return job
+
+
+def _stage(
+    source: str,
+    namespace: Mapping[str, object],
+    opts: CellJobOptions,
+    analysis: CellAnalysis,
+    input_names: list[str],
+    outputs: list[str] | None,
+    file_vars: Mapping[str, str],
+    staging: Path,
+) -> CellJob:
+    modules = cellio.module_inputs(namespace, input_names)
+    pickled = [n for n in input_names if n not in modules]
+    ns: dict[str, object] = {n: namespace[n] for n in pickled}
+    ns.update(file_vars)  # a --file VAR is a str variable holding the path in the job
+    pickled += [v for v in file_vars if v not in pickled]
+    paths = cellio.write_inputs(ns, pickled, staging / INPUTS_DIR, max_bytes=opts.max_input_bytes)
+    # "\n" first: line numbers in remote tracebacks are those of the notebook cell (%%ds_job = 1)
+    cellio.write_job_dir(staging, "\n" + source, pickled, outputs, modules, cell_filename=CELL_FILENAME)
+
+    params = jobs_pb2.JobParameters(cmd=_RUNNER_CMD)
+    files: list[LocalFile] = [
+        LocalFile(local_path=staging / name, desc_path=name, var="", zip=False)
+        for name in (CELL_FILE, RUNNER_FILE, MANIFEST_FILE)
+    ]
+    for name in pickled:
+        files.append(
+            LocalFile(local_path=paths[name], desc_path=f"{INPUTS_DIR}/{name}.pkl", var="", zip=False)
+        )
+    params.output_files.add(path=OUTPUTS_ZIP)
+    params.output_files.add(path=ERROR_FILE)
+
+    # environment
+    py = params.env.python_env
+    py.python_version = opts.python or kernel_python_version()
+    requirements: list[str] = []
+    local_modules: list[Path] = []
+    unresolved: list[str] = []
+    search = [Path(p) for p in opts.search_path] or [Path.cwd()]
+    needed: set[str] = set(modules.values())
+    for name in pickled:
+        if name in namespace:
+            needed |= object_modules(namespace[name])
+    found = analyze_source("\n" + source, search, filename=CELL_FILENAME, extra_modules=sorted(needed))
+    local_modules = list(found.local_modules)
+    mode = opts.requirements
+    if mode == "auto":
+        requirements = list(found.requirements)
+        unresolved = list(found.unresolved)
+        cp, _ = requirements_for_modules(["cloudpickle"])  # the runner needs it
+        for pin in cp:
+            if pin not in requirements:
+                requirements.append(pin)
+    elif mode == "none":
+        pass
+    else:
+        pip = jobs_pb2.PipOptions()
+        requirements = _read_requirements_file(Path(mode).expanduser(), pip)
+        if pip.ListFields():
+            py.pip_options.CopyFrom(pip)
+    for spec in opts.pip:
+        if spec not in requirements:
+            requirements.append(spec)
+    py.requirements.extend(requirements)
+    module_files = jobspec._local_module_files(local_modules)
+    files.extend(module_files)
+    for k, v in opts.env.items():
+        params.env.vars[k] = v
+    for t in opts.instance_types:
+        params.cloud_instance_types.add(name=t)
+    if opts.graceful_timeout is not None:
+        gsp = params.graceful_shutdown_parameters
+        gsp.timeout.FromNanoseconds(int(opts.graceful_timeout * 1e9))
+    return CellJob(
+        params=params,
+        files=files,
+        inputs=[n for n in pickled if n not in file_vars],
+        modules=modules,
+        outputs=outputs,
+        deletes=list(analysis.deletes),
+        requirements=requirements,
+        local_modules=local_modules,
+        unresolved=unresolved,
+        input_sizes={n: p.stat().st_size for n, p in paths.items()},
+        output_files=[],
+        staging=staging,
+        analysis=analysis,
+    )
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class CellResults:
+    """What came back from a cell's job."""
+
+    values: dict[str, object] = field(default_factory=dict)
+    unpicklable: dict[str, str] = field(default_factory=dict)
+    """Returned names that could not be pickled in the job / unpickled here, with the reason."""
+    error: BaseException | None = None
+    """The exception the cell raised in the job (rebuilt, ``__cause__`` the remote traceback)."""
+
+
+def load_cell_results(outputs_zip: Path | None, error_json: Path | None) -> CellResults:
+    """Load a finished cell job's ``_ds_outputs.zip`` and ``_ds_error.json`` (either may be None)."""
+    res = CellResults()
+    if outputs_zip is not None and Path(outputs_zip).exists():
+        res.values, res.unpicklable = cellio.read_outputs(Path(outputs_zip))
+    if error_json is not None and Path(error_json).exists():
+        res.error = cellio.load_error(Path(error_json))
+    return res
+
+
+def describe_sizes(sizes: Mapping[str, int]) -> str:
+    """``a (1.0 KiB), b (3 B)`` for a summary line."""
+    return ", ".join(f"{n} ({cellio._human(s)})" for n, s in sizes.items())
+
+
+def manifest_of(staging: Path) -> dict[str, object]:
+    """The runner manifest written in ``staging`` (for tests and ``--dry-run`` style inspection)."""
+    with open(staging / MANIFEST_FILE, encoding="utf-8") as f:
+        data: dict[str, object] = json.load(f)
+    return data
