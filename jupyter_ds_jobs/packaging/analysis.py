@@ -472,6 +472,8 @@ class _Graph:
             raise InvalidArgument(f"syntax error in {file}, line {err.lineno}: {err.msg}") from None
         except (OSError, UnicodeDecodeError) as err:
             raise InvalidArgument(f"cannot read {file}: {err}") from None
+        except RecursionError:
+            raise InvalidArgument(f"{file}: too deeply nested to parse") from None
         self.add_tree(tree, module, is_package)
 
     def run(self) -> ScriptAnalysis:

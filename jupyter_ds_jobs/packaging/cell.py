@@ -136,6 +136,8 @@ def parse_cell(source: str, filename: str = "<cell>") -> tuple[ast.Module, list[
     while True:
         try:
             tree = ast.parse("\n".join(lines), filename=filename)
+        except RecursionError:
+            raise InvalidArgument(f"{filename}: too deeply nested to parse") from None
         except SyntaxError as err:
             lineno = err.lineno
             if lineno is None or not 1 <= lineno <= len(lines) or lineno in rewritten:
@@ -645,6 +647,7 @@ class _Flow:
             self.target(node)
 
     def pattern(self, node: ast.AST) -> None:
+        """Reads and bindings of a ``case`` pattern, in source order."""
         if isinstance(node, ast.MatchValue):
             self.expr(node.value)
         elif isinstance(node, ast.MatchClass):
@@ -652,13 +655,13 @@ class _Flow:
         elif isinstance(node, ast.MatchMapping):
             for key in node.keys:
                 self.expr(key)
-            if node.rest:
-                self.bind(node.rest)
-        elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
-            self.bind(node.name)
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.pattern):
                 self.pattern(child)
+        if isinstance(node, ast.MatchMapping) and node.rest:
+            self.bind(node.rest)
+        elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
+            self.bind(node.name)
 
 
 def analyze_cell(source: str) -> CellAnalysis:
@@ -669,8 +672,11 @@ def analyze_cell(source: str) -> CellAnalysis:
     """
     tree, ipython_lines = parse_cell(source)
     flow = _Flow()
-    flow.block(tree.body)
-    flow.finish()
+    try:
+        flow.block(tree.body)
+        flow.finish()
+    except RecursionError:
+        raise InvalidArgument("cell too deeply nested to analyze") from None
     imports: dict[str, None] = {}
     for ref in find_imports(tree):
         if ref.level == 0 and ref.module:
