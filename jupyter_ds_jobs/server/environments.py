@@ -653,6 +653,7 @@ class EnvironmentCache:
         find_links: Sequence[str] = (),
         build_timeout_s: float = 1800.0,
         env: Mapping[str, str] | None = None,
+        link_mode: str | None = None,
     ) -> None:
         self.root = Path(root).absolute()
         self.envs_dir = self.root / "envs"
@@ -665,11 +666,17 @@ class EnvironmentCache:
         self.builds = 0  # uv builds started by this cache (for stats and tests)
         self._uv = uv
         self._env = dict(os.environ if env is None else env)
+        # "clone": reflink (copy-on-write) where the filesystem can, else a copy. Each venv owns its
+        # files, so a job writing into its site-packages can't corrupt uv's cache or other venvs
+        # (hardlinks would share them), and it is faster than uv's hardlink mode for small envs.
+        self.link_mode = link_mode or self._env.get("UV_LINK_MODE") or "clone"
         self._pythons: dict[str, Path] | None = None
         self._resolved: dict[EnvSpec, tuple[Path, str, bool]] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._sinks: dict[str, list[LogFn]] = {}
         self._in_use: dict[Path, int] = {}
+        self._free_slots: dict[str, list[int]] = {}
+        self._slot_count = 0
         self._remove_stale_tmp()
 
     # -- interpreters -------------------------------------------------------------------------------
@@ -855,6 +862,25 @@ class EnvironmentCache:
                 await proc.wait()
         return rc, "\n".join(keep)
 
+    def _take_slot(self, interpreter: Path) -> tuple[Path, tuple[str, int]]:
+        """A build dir under tmp/, reused by later builds for the same interpreter in this process.
+
+        Reusing the path lets uv reuse its cached interpreter query for ``<slot>/bin/python`` (it
+        keys that cache by path; a fresh path costs a Python start, about 50 ms, per build). A slot
+        only ever hosts one base interpreter, so the cached answer stays right.
+        """
+        ident = hashlib.sha256(str(interpreter).encode()).hexdigest()[:12]
+        free = self._free_slots.setdefault(ident, [])
+        if free:
+            number = free.pop()
+        else:
+            self._slot_count += 1
+            number = self._slot_count
+        path = self.tmp_dir / f"{ident}.{os.getpid()}.s{number}"
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        return path, (ident, number)
+
     async def _build(self, spec: EnvSpec, interpreter: Path, key: str) -> None:
         self.builds += 1
         started = time.monotonic()
@@ -865,7 +891,7 @@ class EnvironmentCache:
 
         reqs = ", ".join(spec.requirements)
         emit(f"building python environment {key[:12]}: python {interpreter} with {reqs}")
-        tmp = self.tmp_dir / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp, slot = self._take_slot(interpreter)
         try:
             rc, err = await self._run_uv(
                 ["venv", "--relocatable", "--no-project", "--quiet", "--python", str(interpreter), str(tmp)],
@@ -878,7 +904,15 @@ class EnvironmentCache:
                     stderr=err,
                     returncode=rc,
                 )
-            install = ["pip", "install", "--python", str(tmp / "bin" / "python"), *spec.uv_install_args()]
+            install = [
+                "pip",
+                "install",
+                "--python",
+                str(tmp / "bin" / "python"),
+                "--link-mode",
+                self.link_mode,
+            ]
+            install += spec.uv_install_args()
             install += ["--", *spec.requirements]
             rc, err = await self._run_uv(install, emit, deadline)
             if rc != 0 and _NETWORK_ERROR.search(err):
@@ -918,6 +952,7 @@ class EnvironmentCache:
         finally:
             if tmp.exists():
                 await asyncio.to_thread(shutil.rmtree, tmp, True)
+            self._free_slots[slot[0]].append(slot[1])
         if self.size_cap_bytes is not None:
             removed = self.evict(keep=(key,))
             if removed:
