@@ -409,3 +409,12 @@ def test_stale_build_dirs_of_dead_processes_are_removed(tmp_path: Path, uv_env: 
     (tmp / f"abc.{os.getpid()}.0000").mkdir()  # a live process's build stays
     EnvironmentCache(tmp_path / "envcache", env=uv_env)
     assert sorted(p.name for p in tmp.iterdir()) == [f"abc.{os.getpid()}.0000"]
+
+
+def test_build_past_its_time_limit_fails_and_leaves_nothing(
+    tmp_path: Path, index_url: str, uv_env: dict[str, str]
+) -> None:
+    cache = EnvironmentCache(tmp_path / "envcache", env=uv_env, build_timeout_s=0.001)
+    with pytest.raises(EnvironmentBuildError, match="timed out"):
+        asyncio.run(cache.ensure(spec(index_url, "tinypkg")))
+    assert list(cache.tmp_dir.iterdir()) == [] and list(cache.envs_dir.iterdir()) == []

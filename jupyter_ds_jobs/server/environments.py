@@ -30,6 +30,7 @@ import collections
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -631,6 +632,10 @@ def _tree_size(root: Path) -> int:
     return total
 
 
+_FREE_SLOTS: dict[str, list[int]] = {}
+_SLOT_NUMBERS = itertools.count(1)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -675,8 +680,6 @@ class EnvironmentCache:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._sinks: dict[str, list[LogFn]] = {}
         self._in_use: dict[Path, int] = {}
-        self._free_slots: dict[str, list[int]] = {}
-        self._slot_count = 0
         self._remove_stale_tmp()
 
     # -- interpreters -------------------------------------------------------------------------------
@@ -870,12 +873,8 @@ class EnvironmentCache:
         only ever hosts one base interpreter, so the cached answer stays right.
         """
         ident = hashlib.sha256(str(interpreter).encode()).hexdigest()[:12]
-        free = self._free_slots.setdefault(ident, [])
-        if free:
-            number = free.pop()
-        else:
-            self._slot_count += 1
-            number = self._slot_count
+        free = _FREE_SLOTS.setdefault(ident, [])  # process-wide: caches sharing a root never collide
+        number = free.pop() if free else next(_SLOT_NUMBERS)
         path = self.tmp_dir / f"{ident}.{os.getpid()}.s{number}"
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
@@ -952,7 +951,7 @@ class EnvironmentCache:
         finally:
             if tmp.exists():
                 await asyncio.to_thread(shutil.rmtree, tmp, True)
-            self._free_slots[slot[0]].append(slot[1])
+            _FREE_SLOTS[slot[0]].append(slot[1])
         if self.size_cap_bytes is not None:
             removed = self.evict(keep=(key,))
             if removed:
