@@ -17,7 +17,17 @@ def start_server(state: Path, *extra: str) -> tuple[subprocess.Popen[bytes], dic
     conn.unlink(missing_ok=True)
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(state / "runtime")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_ds_jobs", "server", "--state-dir", str(state), "--token", "bench", *extra],
+        [
+            sys.executable,
+            "-m",
+            "jupyter_ds_jobs",
+            "server",
+            "--state-dir",
+            str(state),
+            "--token",
+            "bench",
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -51,4 +61,6 @@ def median_time(fn: Callable[[], object], n: int) -> tuple[float, list[float]]:
 
 
 def row(name: str, ours: float, floor: float, unit: str = "ms", scale: float = 1000.0) -> None:
-    print(f"{name:<48} ours {ours * scale:9.1f} {unit}   floor {floor * scale:9.1f} {unit}   ratio {ours / floor:6.2f}x")
+    print(
+        f"{name:<48} ours {ours * scale:9.1f} {unit}   floor {floor * scale:9.1f} {unit}   ratio {ours / floor:6.2f}x"
+    )

@@ -27,8 +27,8 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import median_time, peak_rss_mb, row, self_peak_rss_mb, start_server  # noqa: E402
-from jupyter_ds_jobs._proto import jobs_pb2, ops_grpc, ops_pb2, pjs_grpc, pjs_pb2  # noqa: E402
+from benchmarks._common import median_time, peak_rss_mb, row, self_peak_rss_mb, start_server
+from jupyter_ds_jobs._proto import jobs_pb2, ops_grpc, ops_pb2, pjs_grpc, pjs_pb2
 
 CHUNK = 1 << 20
 
@@ -82,7 +82,9 @@ def main() -> None:
 
         def job() -> None:
             op = jobs.Create(
-                pjs_pb2.CreateProjectJobRequest(project_id="bench", job_parameters=jobs_pb2.JobParameters(cmd=cmd)),
+                pjs_pb2.CreateProjectJobRequest(
+                    project_id="bench", job_parameters=jobs_pb2.JobParameters(cmd=cmd)
+                ),
                 metadata=md,
             )
             r = pjs_pb2.CreateProjectJobResponse()
@@ -96,7 +98,9 @@ def main() -> None:
 
         job()  # warm up
         ours, _ = median_time(job, a.runs)
-        floor, _ = median_time(lambda: subprocess.run(cmd, shell=True, capture_output=True, check=True), a.runs)
+        floor, _ = median_time(
+            lambda: subprocess.run(cmd, shell=True, capture_output=True, check=True), a.runs
+        )
         print(f"trivial job, median of {a.runs}")
         row("  create -> done vs subprocess.run", ours, floor)
 
@@ -109,10 +113,15 @@ def main() -> None:
         size = big.stat().st_size
         params = jobs_pb2.JobParameters(cmd="cp big.bin ${OUT}")
         params.input_files.add(
-            desc=jobs_pb2.FileDesc(path="big.bin"), sha256=digest, size_bytes=size, compression_type=jobs_pb2.NONE
+            desc=jobs_pb2.FileDesc(path="big.bin"),
+            sha256=digest,
+            size_bytes=size,
+            compression_type=jobs_pb2.NONE,
         )
         params.output_files.add(path="copy.bin", var="OUT")
-        op = jobs.Create(pjs_pb2.CreateProjectJobRequest(project_id="bench", job_parameters=params), metadata=md)
+        op = jobs.Create(
+            pjs_pb2.CreateProjectJobRequest(project_id="bench", job_parameters=params), metadata=md
+        )
         r = pjs_pb2.CreateProjectJobResponse()
         op.response.Unpack(r)
         t0 = time.perf_counter()
