@@ -449,10 +449,19 @@ def test_python_auto_options_and_root_paths(tmp_path: Path) -> None:
 
 def test_python_auto_default_analyzer(tmp_path: Path) -> None:
     # No analyze argument: jupyter_ds_jobs.packaging.analysis.analyze_script is used.
-    tree(tmp_path, {"main.py": "import helper\n", "helper.py": "X = 1\n"})
+    tree(tmp_path, {"main.py": "import json\nimport helper\nimport yaml\n", "helper.py": "X = 1\n"})
     spec = parse("cmd: python main.py\nenv:\n  python: auto\n", tmp_path)
     assert [m.local_path for m in spec.local_modules] == [tmp_path / "main.py", tmp_path / "helper.py"]
     assert [f.desc_path for f in spec.inputs] == ["main.py"]
+    reqs = list(spec.params.env.python_env.requirements)
+    assert reqs == [f"PyYAML=={importlib.metadata.version('PyYAML')}"] or reqs == [
+        f"pyyaml=={importlib.metadata.version('PyYAML')}"
+    ]
+    # its errors become ConfigErrors naming the key
+    (tmp_path / "main.py").write_text("import helper\n")
+    (tmp_path / "helper.py").write_text("def (\n")
+    msg = err("cmd: python main.py\nenv:\n  python: auto\n", tmp_path)
+    assert msg.startswith("env.python: cannot analyze main.py: InvalidArgument"), msg
 
 
 def test_python_manual_type_inferred_and_local_module_name_clash(tmp_path: Path) -> None:
