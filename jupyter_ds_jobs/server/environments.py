@@ -636,6 +636,22 @@ _FREE_SLOTS: dict[str, list[int]] = {}
 _SLOT_NUMBERS = itertools.count(1)
 
 
+_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([A-Za-z0-9.+!_-]+)$")
+
+
+def _installed_here(requirement: str) -> bool:
+    """``name==version`` installed in this process's environment (no markers, no ranges)."""
+    from importlib import metadata
+
+    m = _PIN_RE.match(requirement)
+    if m is None:
+        return False
+    try:
+        return metadata.version(m.group(1)) == m.group(2)
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -659,6 +675,7 @@ class EnvironmentCache:
         build_timeout_s: float = 1800.0,
         env: Mapping[str, str] | None = None,
         link_mode: str | None = None,
+        reuse_server_packages: bool = True,
     ) -> None:
         self.root = Path(root).absolute()
         self.envs_dir = self.root / "envs"
@@ -680,6 +697,10 @@ class EnvironmentCache:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._sinks: dict[str, list[LogFn]] = {}
         self._in_use: dict[Path, int] = {}
+        # Pinned requirements that the server's own interpreter already satisfies need no venv:
+        # the embedded server runs on the kernel's interpreter, so a cell's pins cost nothing.
+        self.reuse_server_packages = reuse_server_packages
+        self._satisfied: dict[EnvSpec, bool] = {}
         self._remove_stale_tmp()
 
     # -- interpreters -------------------------------------------------------------------------------
@@ -722,6 +743,16 @@ class EnvironmentCache:
             return replace(spec, find_links=tuple(dict.fromkeys(spec.find_links + self.find_links)))
         return spec
 
+    def _satisfied_here(self, spec: EnvSpec) -> bool:
+        """Is every requirement an exact pin (``name==version``) already installed for this server?"""
+        if not self.reuse_server_packages:
+            return False
+        hit = self._satisfied.get(spec)
+        if hit is None:
+            hit = all(_installed_here(req) for req in spec.requirements)
+            self._satisfied[spec] = hit
+        return hit
+
     def path_for(self, spec: EnvSpec) -> Path:
         """Where the venv for ``spec`` lives (whether or not it is built)."""
         return self.envs_dir / self._resolve(spec)[1]
@@ -732,7 +763,7 @@ class EnvironmentCache:
         Raises ``FailedPrecondition`` when the python version is not installed.
         """
         interpreter, key, own = self._resolve(spec)
-        if not spec.requirements:
+        if not spec.requirements or (own and self._satisfied_here(spec)):
             return Environment(python=Path(sys.executable).absolute() if own else interpreter)
         venv = self.envs_dir / key
         try:

@@ -380,15 +380,14 @@ class JobManager:
         cache = self.environments
         assert isinstance(cache, EnvironmentCache)
         spec = EnvSpec.from_proto(job.job_parameters.env.python_env)
-        environment = cache.lookup(spec)
-        if environment is None:
+        if cache.lookup(spec) is None:
             self._progress(job.id, "building the Python environment", 7)
-            jl.system(f"building a Python environment: {' '.join(spec.requirements) or '(no requirements)'}")
-            t0 = time.monotonic()
-            environment = await cache.ensure(spec, jl.system)
-            jl.system(f"environment ready in {time.monotonic() - t0:.2f}s")
-        cache.acquire(environment)
+            jl.system(f"building a Python environment: {' '.join(spec.requirements)}")
+        t0 = time.monotonic()
+        environment = await cache.ensure(spec, jl.system, acquire=True)
         run.environment = environment
+        if time.monotonic() - t0 > 0.05:
+            jl.system(f"environment ready in {time.monotonic() - t0:.2f}s")
         result: dict[str, str] = environment.apply(env)
         return result
 
