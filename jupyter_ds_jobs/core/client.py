@@ -1,0 +1,706 @@
+"""``JobsClient``: the DataSphere Jobs API v2 (``ProjectJobService`` + ``OperationService``) from Python.
+
+::
+
+    from jupyter_ds_jobs.core.client import JobsClient
+    from jupyter_ds_jobs.core.jobspec import load_config
+
+    spec = load_config(Path("config.yaml"))
+    with JobsClient.connect() as client:            # settings / env, else the embedded local server
+        job_id = client.create_from_spec(spec)      # hash, zip, Create, upload what the server lacks
+        result = client.run(job_id, on_log=lambda m: print(m.content.decode(), end=""))
+        client.download_result(result, Path("."))   # outputs, checked and extracted
+        print(result.return_code)
+
+The same client talks to DataSphere itself (:meth:`JobsClient.datasphere`, TLS and an IAM token).
+Every unary call has a deadline (``timeout``) and is retried with backoff on UNAVAILABLE; errors
+are the classes of :mod:`jupyter_ds_jobs.core.errors`. Imports nothing from IPython or the server.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import ipaddress
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+import grpc
+
+from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, ops_grpc, ops_pb2, pjs_grpc, pjs_pb2
+from jupyter_ds_jobs._version import __version__
+from jupyter_ds_jobs.core import transfer
+from jupyter_ds_jobs.core.config import Settings
+from jupyter_ds_jobs.core.errors import (
+    DsJobsError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    from_rpc_error,
+)
+from jupyter_ds_jobs.core.jobspec import JobSpec, LocalFile
+from jupyter_ds_jobs.core.logfollow import LogFollower, OnMessage, follow
+from jupyter_ds_jobs.core.transfer import PreparedFile, ProgressCallback, TransferProgress
+
+__all__ = [
+    "DATASPHERE_ENDPOINT",
+    "DATASPHERE_OPERATION_ENDPOINT",
+    "FINAL_STATUSES",
+    "CreateStats",
+    "ExecuteResult",
+    "JobsClient",
+    "TransferProgress",
+    "status_name",
+]
+
+DATASPHERE_ENDPOINT = "datasphere.api.cloud.yandex.net:443"
+DATASPHERE_OPERATION_ENDPOINT = "operation.api.cloud.yandex.net:443"
+LOCAL_MODULE_PREFIX = "_LOCAL_MODULE_"
+FINAL_STATUSES = frozenset({jobs_pb2.SUCCESS, jobs_pb2.ERROR, jobs_pb2.CANCELLED})
+STREAM_TIMEOUT = 3600.0
+_R = TypeVar("_R")
+
+_BY_CODE: dict[int, type[DsJobsError]] = {
+    3: InvalidArgument,
+    9: FailedPrecondition,
+    5: NotFound,
+    16: Unauthenticated,
+    7: PermissionDenied,
+    14: Unavailable,
+}
+
+
+def status_name(status: int) -> str:
+    """``JobStatus`` number -> name (``EXECUTING``)."""
+    try:
+        return jobs_pb2.JobStatus.Name(status)  # type: ignore[arg-type]
+    except ValueError:
+        return str(status)
+
+
+def _op_error(op: op_pb2.Operation) -> DsJobsError:
+    cls = _BY_CODE.get(op.error.code, DsJobsError)
+    exc = cls(op.error.message or f"operation {op.id} failed with code {op.error.code}")
+    with contextlib.suppress(ValueError):
+        exc.code = next(c for c in grpc.StatusCode if c.value[0] == op.error.code)
+    return exc
+
+
+@dataclass
+class ExecuteResult:
+    """What an Execute operation ended with.
+
+    ``return_code`` is None when the job did not run to an exit (cancelled, failed to prepare);
+    ``error`` then holds the operation's error message. ``output_files`` carry download URLs.
+    """
+
+    job: jobs_pb2.Job
+    return_code: int | None
+    output_files: list[jobs_pb2.StorageFile]
+    file_errors: list[jobs_pb2.FileUploadError]
+    op: op_pb2.Operation
+
+    @property
+    def error(self) -> str:
+        return self.op.error.message if self.op.HasField("error") else ""
+
+    @property
+    def status(self) -> str:
+        return status_name(self.job.status)
+
+    @property
+    def ok(self) -> bool:
+        return self.job.status == jobs_pb2.SUCCESS and self.return_code == 0
+
+
+@dataclass
+class CreateStats:
+    """Numbers of the last :meth:`JobsClient.create` / :meth:`JobsClient.clone`."""
+
+    files: int = 0
+    bytes_total: int = 0
+    files_uploaded: int = 0
+    bytes_uploaded: int = 0
+    prepare_seconds: float = 0.0
+    upload_seconds: float = 0.0
+    total_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, bool | None]:
+    """``grpcs://h:p`` / ``https://`` -> TLS, ``grpc://`` / ``http://`` -> plain, else None (unsaid)."""
+    for prefix, tls in (("grpcs://", True), ("https://", True), ("grpc://", False), ("http://", False)):
+        if endpoint.startswith(prefix):
+            return endpoint[len(prefix) :].rstrip("/"), tls
+    return endpoint, None
+
+
+def is_loopback(target: str) -> bool:
+    host = target.rsplit(":", 1)[0].strip("[]") if target.count(":") <= 1 or "]" in target else target
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class JobsClient:
+    """A client of ``ProjectJobService`` and ``OperationService``.
+
+    ``endpoint`` is ``host:port`` (``grpcs://`` / ``grpc://`` prefixes choose TLS); ``token`` is
+    sent as ``authorization: Bearer <token>`` with ``x-client-version``. ``operation_endpoint``
+    serves ``OperationService`` when it lives elsewhere (DataSphere). ``timeout`` is the deadline
+    of each unary call; UNAVAILABLE is retried with backoff for about ``retry_seconds``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        token: str | None = None,
+        *,
+        operation_endpoint: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        project_id: str = "local",
+        timeout: float = 30.0,
+        retry_seconds: float = 8.0,
+        upload_parallel: int = 4,
+    ) -> None:
+        target, scheme_tls = parse_endpoint(endpoint)
+        self.endpoint = target
+        self.tls = tls if scheme_tls is None else scheme_tls
+        self.project_id = project_id
+        self.timeout = timeout
+        self.retry_seconds = retry_seconds
+        self.upload_parallel = upload_parallel
+        self.last_create: CreateStats | None = None
+        md = [("x-client-version", f"jupyter_ds_jobs/{__version__}")]
+        if token:
+            md.insert(0, ("authorization", f"Bearer {token}"))
+        self._md: list[tuple[str, str]] = md
+        self._channel = self._make_channel(target, root_certificates)
+        if operation_endpoint:
+            op_target, op_tls = parse_endpoint(operation_endpoint)
+            self.operation_endpoint = op_target
+            self._op_channel = self._make_channel(op_target, root_certificates, op_tls)
+        else:
+            self.operation_endpoint = target
+            self._op_channel = self._channel
+        self._jobs = pjs_grpc.ProjectJobServiceStub(self._channel)
+        self._ops = ops_grpc.OperationServiceStub(self._op_channel)
+
+    def _make_channel(self, target: str, roots: bytes | None, tls: bool | None = None) -> grpc.Channel:
+        options = [
+            ("grpc.max_receive_message_length", 64 * 2**20),
+            ("grpc.max_send_message_length", 64 * 2**20),
+            ("grpc.primary_user_agent", f"jupyter_ds_jobs/{__version__}"),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_permit_without_calls", 0),
+        ]
+        if self.tls if tls is None else tls:
+            return grpc.secure_channel(target, grpc.ssl_channel_credentials(roots), options=options)
+        return grpc.insecure_channel(target, options=options)
+
+    # -- construction --------------------------------------------------------------
+    @classmethod
+    def connect(
+        cls,
+        endpoint: str | None = None,
+        token: str | None = None,
+        project_id: str | None = None,
+        *,
+        start: bool = True,
+        settings: Settings | None = None,
+        state_dir: Path | None = None,
+    ) -> JobsClient:
+        """A client by precedence: arguments > ``DS_JOBS_*`` env / settings file > the embedded server.
+
+        ``endpoint="datasphere"`` means :meth:`datasphere`. With no endpoint at all, the local
+        server of ``state_dir`` (default state dir) is found, or started detached when ``start``.
+        Without a scheme, TLS is used for every host but loopback.
+        """
+        s = settings if settings is not None else Settings.load()
+        ep = endpoint or s.endpoint
+        tok = token or s.token
+        project = project_id or s.project
+        if ep == "datasphere":
+            return cls.datasphere(tok, project or "")
+        if ep:
+            target, scheme_tls = parse_endpoint(ep)
+            tls = scheme_tls if scheme_tls is not None else not is_loopback(target)
+            return cls(
+                ep,
+                tok,
+                operation_endpoint=s.operation_endpoint or None,
+                tls=tls,
+                project_id=project or "local",
+            )
+        from jupyter_ds_jobs.core.embedded import ensure_server, find_server
+
+        info = ensure_server(state_dir) if start else find_server(state_dir)
+        if info is None:
+            raise Unavailable("no local job server is running; start one with `jupyter ds-jobs server`")
+        return cls(info.endpoint, info.token, project_id=project or "local")
+
+    @classmethod
+    def datasphere(cls, token: str | None = None, project_id: str = "") -> JobsClient:
+        """DataSphere itself: TLS, jobs and operations on their public endpoints, an IAM token
+        from ``token``, ``YC_IAM_TOKEN`` or the settings."""
+        tok = token or os.environ.get("YC_IAM_TOKEN") or Settings.load().token
+        if not tok:
+            raise Unauthenticated(
+                "DataSphere needs an IAM token: set YC_IAM_TOKEN (yc iam create-token) or pass a token"
+            )
+        return cls(
+            DATASPHERE_ENDPOINT,
+            tok,
+            operation_endpoint=DATASPHERE_OPERATION_ENDPOINT,
+            tls=True,
+            project_id=project_id,
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+        if self._op_channel is not self._channel:
+            self._op_channel.close()
+
+    def __enter__(self) -> JobsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _rpc(self, method: Callable[..., _R], request: Any, *, timeout: float | None = None) -> _R:
+        """One unary call with a deadline, retried on UNAVAILABLE with backoff."""
+        delay = 0.05
+        deadline = time.monotonic() + self.retry_seconds
+        while True:
+            try:
+                return method(request, metadata=self._md, timeout=timeout or self.timeout)
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else None
+                if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                err = from_rpc_error(e)
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    raise Unavailable(f"cannot reach the job server at {self.endpoint}: {err}") from None
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise Unavailable(
+                        f"the job server at {self.endpoint} did not answer within {timeout or self.timeout:g}s"
+                    ) from None
+                raise err from None
+
+    def _project(self, project_id: str | None) -> str:
+        p = project_id if project_id is not None else self.project_id
+        if not p:
+            raise InvalidArgument("no project given (use -p PROJECT, DS_JOBS_PROJECT or the settings)")
+        return p
+
+    def wait_operation(
+        self, op: op_pb2.Operation, *, timeout: float | None = None, poll: float = 0.05, max_poll: float = 1.0
+    ) -> op_pb2.Operation:
+        """Poll ``OperationService.Get`` until done (short intervals growing to ``max_poll``);
+        raise the operation's error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = poll
+        while not op.done:
+            if deadline is not None and time.monotonic() > deadline:
+                raise Unavailable(f"operation {op.id} not done within {timeout:g}s")
+            time.sleep(interval)
+            interval = min(interval * 1.5, max_poll)
+            op = self._rpc(self._ops.Get, ops_pb2.GetOperationRequest(operation_id=op.id))
+        if op.HasField("error"):
+            raise _op_error(op)
+        return op
+
+    # -- creating ---------------------------------------------------------------------
+    def create(
+        self,
+        params: jobs_pb2.JobParameters,
+        files: Sequence[LocalFile] = (),
+        *,
+        modules: Sequence[LocalFile] = (),
+        name: str = "",
+        desc: str = "",
+        config: str = "",
+        data_ttl: timedelta | None = None,
+        progress: ProgressCallback | None = None,
+        project_id: str | None = None,
+    ) -> str:
+        """Create a job; return its id.
+
+        ``files`` are hashed (directories zipped) and appended to ``input_files``; those with a
+        ``_LOCAL_MODULE_<i>`` var, and ``modules``, go to ``env.python_env.local_modules``. After
+        ``Create`` only the files the server asks for are uploaded (streamed, a few in parallel).
+        ``progress`` receives :class:`TransferProgress` of the ``hash`` and ``upload`` phases.
+        Numbers of the run are left in :attr:`last_create`.
+        """
+        t0 = time.monotonic()
+        p = jobs_pb2.JobParameters()
+        p.CopyFrom(params)
+        inputs = [f for f in files if not f.var.startswith(LOCAL_MODULE_PREFIX)]
+        mods = [f for f in files if f.var.startswith(LOCAL_MODULE_PREFIX)] + list(modules)
+        prepared = transfer.prepare_files([*inputs, *mods], progress=progress)
+        for pf in prepared[: len(inputs)]:
+            p.input_files.append(pf.file)
+        for pf in prepared[len(inputs) :]:
+            p.env.python_env.local_modules.append(pf.file)
+        t1 = time.monotonic()
+        req = pjs_pb2.CreateProjectJobRequest(
+            project_id=self._project(project_id), job_parameters=p, config=config, name=name, desc=desc
+        )
+        if data_ttl is not None:
+            req.data_ttl.FromTimedelta(data_ttl)
+        op = self.wait_operation(self._rpc(self._jobs.Create, req))
+        resp = pjs_pb2.CreateProjectJobResponse()
+        if not op.response.Unpack(resp):
+            raise DsJobsError(f"operation {op.id}: unexpected response {op.response.type_url}")
+        self.last_create = self._upload(resp.upload_files, prepared, progress, t0, t1)
+        return resp.job_id
+
+    def create_from_spec(
+        self,
+        spec: JobSpec,
+        *,
+        project_id: str | None = None,
+        data_ttl: timedelta | None = None,
+        progress: ProgressCallback | None = None,
+        name: str | None = None,
+        desc: str | None = None,
+    ) -> str:
+        """:meth:`create` from a parsed ``config.yaml`` (:func:`jobspec.load_config`)."""
+        return self.create(
+            spec.params,
+            spec.inputs,
+            modules=spec.local_modules,
+            name=spec.name if name is None else name,
+            desc=spec.desc if desc is None else desc,
+            config=spec.config_text,
+            data_ttl=data_ttl,
+            progress=progress,
+            project_id=project_id,
+        )
+
+    def _upload(
+        self,
+        wanted: Sequence[jobs_pb2.StorageFile],
+        prepared: Sequence[PreparedFile],
+        progress: ProgressCallback | None,
+        t0: float,
+        t1: float,
+    ) -> CreateStats:
+        by_path = {pf.file.desc.path: pf for pf in prepared}
+        by_sha = {pf.file.sha256: pf for pf in prepared}
+        items: list[tuple[str, PreparedFile]] = []
+        for sf in wanted:
+            if not sf.url:
+                continue
+            pf = by_path.get(sf.file.desc.path) or by_sha.get(sf.file.sha256)
+            if pf is None:
+                raise FailedPrecondition(f"the server asks for {sf.file.desc.path!r}, which was not sent")
+            items.append((sf.url, pf))
+        t2 = time.monotonic()
+        sent = transfer.upload_files(
+            items, parallel=self.upload_parallel, progress=progress, timeout=max(self.timeout, 60.0)
+        )
+        t3 = time.monotonic()
+        return CreateStats(
+            files=len(prepared),
+            bytes_total=sum(pf.file.size_bytes for pf in prepared),
+            files_uploaded=len({pf.file.sha256 for _, pf in items}),
+            bytes_uploaded=sent,
+            prepare_seconds=t1 - t0,
+            upload_seconds=t3 - t2,
+            total_seconds=t3 - t0,
+        )
+
+    def clone(
+        self,
+        job_id: str,
+        overrides: jobs_pb2.JobParameters | None = None,
+        files: Sequence[LocalFile] = (),
+        *,
+        name: str = "",
+        desc: str = "",
+        data_ttl: timedelta | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Clone a job with ``overrides`` (see :func:`jobspec.fork_overrides`); ``files`` are new
+        inputs (hashed, uploaded when the server lacks them). Returns the new job's id."""
+        t0 = time.monotonic()
+        o = jobs_pb2.JobParameters()
+        if overrides is not None:
+            o.CopyFrom(overrides)
+        prepared = transfer.prepare_files(list(files), progress=progress)
+        for pf in prepared:
+            o.input_files.append(pf.file)
+        t1 = time.monotonic()
+        req = pjs_pb2.CloneProjectJobRequest(
+            source_job_id=job_id, job_parameters_overrides=o, name=name, desc=desc
+        )
+        if data_ttl is not None:
+            req.data_ttl.FromTimedelta(data_ttl)
+        op = self.wait_operation(self._rpc(self._jobs.Clone, req))
+        resp = pjs_pb2.CloneProjectJobResponse()
+        if not op.response.Unpack(resp):
+            raise DsJobsError(f"operation {op.id}: unexpected response {op.response.type_url}")
+        self.last_create = self._upload(resp.upload_files, prepared, progress, t0, t1)
+        return resp.job_id
+
+    # -- running ----------------------------------------------------------------------
+    def execute(self, job_id: str) -> op_pb2.Operation:
+        """Start the job (or, if it runs or ran already, get that run's operation)."""
+        op: op_pb2.Operation = self._rpc(self._jobs.Execute, pjs_pb2.ExecuteProjectJobRequest(job_id=job_id))
+        return op
+
+    def wait(
+        self,
+        job_id: str,
+        op: op_pb2.Operation | None = None,
+        *,
+        on_progress: Callable[[jobs_pb2.Job, jobs_pb2.JobProgress | None], None] | None = None,
+        poll: float = 0.1,
+        timeout: float | None = None,
+        wake: threading.Event | None = None,
+    ) -> ExecuteResult:
+        """Wait for the Execute operation ``op`` (default: :meth:`execute`'s) to end.
+
+        Polls every ``poll`` seconds (slowing to 2 s after 30 s); ``wake`` (e.g. a log follower's
+        ``done``) makes it poll at once. ``on_progress(job, progress)`` is called after every poll
+        with the operation's metadata. A job that failed or was cancelled is returned, not raised.
+        """
+        op = op if op is not None else self.execute(job_id)
+        t0 = time.monotonic()
+        interval = poll
+        while True:
+            if on_progress is not None:
+                meta = pjs_pb2.ExecuteProjectJobMetadata()
+                if op.metadata.Unpack(meta) and meta.HasField("job"):
+                    on_progress(meta.job, meta.progress if meta.HasField("progress") else None)
+                else:
+                    on_progress(self.get(job_id), None)
+            if op.done:
+                break
+            elapsed = time.monotonic() - t0
+            if timeout is not None and elapsed > timeout:
+                raise Unavailable(f"job {job_id} did not finish within {timeout:g}s")
+            if wake is not None and not wake.is_set():
+                wake.wait(interval)
+            else:
+                time.sleep(min(interval, 0.05) if wake is not None else interval)
+            if elapsed > 30:
+                interval = min(interval * 1.25, 2.0)
+            op = self._rpc(self._ops.Get, ops_pb2.GetOperationRequest(operation_id=op.id))
+        return self._result(job_id, op)
+
+    def _result(self, job_id: str, op: op_pb2.Operation) -> ExecuteResult:
+        resp = pjs_pb2.ExecuteProjectJobResponse()
+        rc: int | None = None
+        if op.HasField("response") and op.response.Unpack(resp):
+            rc = int(resp.result.return_code)  # proto3: an absent result is return code 0
+        job = self.get(job_id)
+        return ExecuteResult(job, rc, list(resp.output_files), list(resp.output_files_errors), op)
+
+    def run(
+        self,
+        job_id: str,
+        *,
+        on_log: OnMessage | None = None,
+        on_progress: Callable[[jobs_pb2.Job, jobs_pb2.JobProgress | None], None] | None = None,
+        log_offset: int = 0,
+        poll: float = 0.1,
+        timeout: float | None = None,
+    ) -> ExecuteResult:
+        """:meth:`execute`, follow the logs (``on_log`` per message) and :meth:`wait`."""
+        op = self.execute(job_id)
+        follower = self.logs_thread(job_id, on_log, log_offset) if on_log is not None else None
+        try:
+            result = self.wait(
+                job_id,
+                op,
+                on_progress=on_progress,
+                poll=poll,
+                timeout=timeout,
+                wake=follower.done if follower else None,
+            )
+        finally:
+            if follower is not None and not follower.join(10.0):
+                follower.stop()
+                follower.join(2.0)
+        return result
+
+    def follow_logs(
+        self,
+        job_id: str,
+        on_message: OnMessage,
+        *,
+        offset: int = 0,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Call ``on_message`` for each log message from ``offset`` (``-1``: from now) until the job
+        ends or ``stop`` is set; reconnects from the last offset after a dropped stream. Returns the
+        final offset (pass it back to resume)."""
+        return follow(self._log_stream(job_id), on_message, offset=offset, stop=stop)
+
+    def logs_thread(self, job_id: str, on_message: OnMessage, offset: int = 0) -> LogFollower:
+        """:meth:`follow_logs` in a started daemon thread (``.stop()``, ``.join()``, ``.done``)."""
+        return LogFollower(self._log_stream(job_id), on_message, offset).start()
+
+    def _log_stream(self, job_id: str) -> Callable[[int], Any]:
+        def open_stream(offset: int) -> Any:
+            req = pjs_pb2.ReadProjectJobLogsRequest(job_id=job_id, offset=offset)
+            return self._jobs.ReadLogs(req, metadata=self._md, timeout=STREAM_TIMEOUT)
+
+        return open_stream
+
+    # -- reading ----------------------------------------------------------------------
+    def get(self, job_id: str) -> jobs_pb2.Job:
+        job: jobs_pb2.Job = self._rpc(self._jobs.Get, pjs_pb2.GetProjectJobRequest(job_id=job_id))
+        return job
+
+    def list(
+        self,
+        project_id: str | None = None,
+        statuses: Sequence[int] = (),
+        page_size: int = 100,
+        limit: int | None = None,
+    ) -> Iterator[jobs_pb2.Job]:
+        """Jobs of the project, newest first, page by page; ``statuses`` filters."""
+        flt = f"status IN ({', '.join(status_name(s) for s in statuses)})" if statuses else ""
+        token = ""
+        n = 0
+        while True:
+            req = pjs_pb2.ListProjectJobRequest(
+                project_id=self._project(project_id), page_size=page_size, page_token=token, filter=flt
+            )
+            resp = self._rpc(self._jobs.List, req)
+            for job in resp.jobs:
+                if limit is not None and n >= limit:
+                    return
+                n += 1
+                yield job
+            token = resp.next_page_token
+            if not token:
+                return
+
+    # -- changing ---------------------------------------------------------------------
+    def cancel(self, job_id: str, graceful: bool = False, reason: str = "") -> None:
+        """Cancel a job (``graceful``: its graceful-shutdown signal first, SIGKILL after the timeout)."""
+        self._rpc(
+            self._jobs.Cancel,
+            pjs_pb2.CancelProjectJobRequest(job_id=job_id, graceful=graceful, reason=reason),
+        )
+
+    def set_data_ttl(self, job_id: str, ttl: timedelta | None) -> None:
+        """Keep the job's data ``ttl`` from now; None keeps it forever."""
+        req = pjs_pb2.SetProjectJobDataTtlRequest(job_id=job_id)
+        if ttl is not None:
+            req.ttl.FromTimedelta(ttl)
+        self._rpc(self._jobs.SetDataTtl, req)
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished (or never executed) job and its data."""
+        self.wait_operation(self._rpc(self._jobs.Delete, pjs_pb2.DeleteProjectJobRequest(job_id=job_id)))
+
+    def delete_data(self, job_id: str) -> None:
+        """Delete a finished job's files; the job stays listed."""
+        self.wait_operation(
+            self._rpc(self._jobs.DeleteData, pjs_pb2.DeleteProjectJobDataRequest(job_id=job_id))
+        )
+
+    # -- downloading ------------------------------------------------------------------
+    def download(
+        self,
+        job_id: str,
+        files: Sequence[jobs_pb2.File] | None = None,
+        dest: Path = Path("."),
+        *,
+        extract: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> builtins.list[Path]:
+        """Download ``files`` of the job (default: its output files) under ``dest``; see
+        :meth:`download_storage_files`."""
+        if files is None:
+            files = list(self.get(job_id).output_files)
+        if not files:
+            return []
+        resp = self._rpc(
+            self._jobs.DownloadJobFiles, pjs_pb2.DownloadProjectJobFilesRequest(job_id=job_id, files=files)
+        )
+        return self.download_storage_files(resp.download_files, dest, extract=extract, progress=progress)
+
+    def download_result(
+        self, result: ExecuteResult, dest: Path = Path("."), *, extract: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> builtins.list[Path]:  # fmt: skip
+        """Download an :class:`ExecuteResult`'s outputs (their URLs came with the operation)."""
+        return self.download_storage_files(result.output_files, dest, extract=extract, progress=progress)
+
+    def download_storage_files(
+        self,
+        files: Sequence[jobs_pb2.StorageFile],
+        dest: Path = Path("."),
+        *,
+        extract: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> builtins.list[Path]:
+        """Stream each file to a temporary name, check size and sha256, rename atomically.
+
+        A file goes to ``dest / desc.path`` (``dest / basename`` when the path is absolute or has
+        ``..``). A ZIP output (a directory) is extracted there unless ``extract`` is False (then
+        it is kept as ``<path>.zip``). Returns the paths written.
+        """
+        dest = Path(dest)
+        total = sum(sf.file.size_bytes for sf in files)
+        tracker = transfer.ProgressTracker("download", total, len(files), progress)
+        out: builtins.list[Path] = []
+        for sf in files:
+            f = sf.file
+            target = local_target(dest, f.desc.path or f.desc.var or f.sha256)
+            zipped = f.compression_type == jobs_pb2.ZIP
+            if zipped and extract:
+                tmp = target.parent / f".{target.name}.download.zip"
+                transfer.download_url(sf.url, tmp, size=f.size_bytes, sha256=f.sha256, tracker=tracker)
+                try:
+                    _extract_output(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            else:
+                if zipped:
+                    target = target.with_name(target.name + ".zip")
+                transfer.download_url(sf.url, target, size=f.size_bytes, sha256=f.sha256, tracker=tracker)
+            tracker.add(0, target.name, file_done=True)
+            out.append(target)
+        tracker.finish()
+        return out
+
+
+def local_target(dest: Path, desc_path: str) -> Path:
+    """Where a job file lands under ``dest``: its relative path, or its base name when unsafe."""
+    p = PurePosixPath(desc_path.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        return dest / (p.name or "file")
+    return dest.joinpath(*p.parts)
+
+
+def _extract_output(zip_file: Path, target: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(zip_file) as z:
+        names = [n for n in z.namelist() if n]
+    prefix = target.name + "/"
+    into = target.parent if names and all(n.startswith(prefix) for n in names) else target
+    transfer.extract_zip(zip_file, into)
