@@ -196,7 +196,7 @@ def test_installed_package_living_in_search_dir_is_local() -> None:
     result = analyze_source("import jupyter_ds_jobs\nimport yaml\n", [repo])
     assert result.local_modules == [repo / "jupyter_ds_jobs"]
     assert pin("PyYAML") in result.requirements
-    assert not any(r.startswith("jupyter") for r in result.requirements)
+    assert not any(r.lower().startswith(("jupyter_ds_jobs", "jupyter-ds-jobs")) for r in result.requirements)
     reqs, unresolved = requirements_for_modules(["jupyter_ds_jobs"], search_path=[repo])
     assert (reqs, unresolved) == ([], [])
 
