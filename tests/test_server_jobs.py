@@ -462,3 +462,21 @@ def test_connection_file_is_private(server) -> None:  # type: ignore[no-untyped-
     data = json.loads(path.read_text())
     assert data["token"] == "test-token" and data["endpoint"] == server.info.endpoint
     assert data["endpoint"].startswith("127.0.0.1:")
+
+
+def test_sweeper_keeps_fresh_unreferenced_blobs_and_drops_old_ones(server) -> None:  # type: ignore[no-untyped-def]
+    from jupyter_ds_jobs.server.service import BLOB_GRACE_S
+
+    blobs = server.thread.server.blobs
+    ctx = server.thread.server.ctx
+    w = blobs.writer()
+    w.write(b"orphan")
+    sha, _ = w.commit()
+
+    async def sweep(now: float) -> list[str]:
+        return ctx.sweep(now)
+
+    server.thread.call(sweep(time.time()))
+    assert blobs.exists(sha)  # fresh: maybe an output whose reference is about to be stored
+    server.thread.call(sweep(time.time() + BLOB_GRACE_S + 1))
+    assert not blobs.exists(sha)

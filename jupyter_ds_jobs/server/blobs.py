@@ -108,6 +108,13 @@ class BlobStore:
         except FileNotFoundError:
             raise NotFound(f"blob {sha} not found") from None
 
+    def changed_at(self, sha: str) -> float:
+        """When the blob was last published or linked (its inode change time); 0 if absent."""
+        try:
+            return self.path(sha).stat().st_ctime
+        except FileNotFoundError:
+            return 0.0
+
     def publish(self, tmp_file: Path, sha: str) -> None:
         dest = self.path(sha)
         dest.parent.mkdir(exist_ok=True)

@@ -38,6 +38,7 @@ C = TypeVar("C", bound=type)
 FILTER_RE = re.compile(r"^\s*status\s+in\s*\(([^)]*)\)\s*$", re.IGNORECASE)
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+BLOB_GRACE_S = 3600.0
 
 
 def map_errors(cls: C) -> C:
@@ -307,9 +308,12 @@ class Context:
         for job_id in self.store.expired_jobs(now or time.time(), FINAL):
             self.clear_data(self.store.get_job(job_id))
             cleared.append(job_id)
+        # A blob nothing references is garbage, unless it is fresh: outputs being collected are
+        # published a moment before their reference is stored.
         referenced = self.store.referenced()
+        cutoff = (now or time.time()) - BLOB_GRACE_S
         for sha in self.blobs.all():
-            if sha not in referenced:
+            if sha not in referenced and self.blobs.changed_at(sha) < cutoff:
                 self.blobs.delete(sha)
         return cleared
 
