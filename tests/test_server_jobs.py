@@ -480,3 +480,13 @@ def test_sweeper_keeps_fresh_unreferenced_blobs_and_drops_old_ones(server) -> No
     assert blobs.exists(sha)  # fresh: maybe an output whose reference is about to be stored
     server.thread.call(sweep(time.time() + BLOB_GRACE_S + 1))
     assert not blobs.exists(sha)
+
+
+def test_a_change_made_while_the_job_runs_is_kept(api: Api) -> None:
+    job_id = api.create("echo started; sleep 0.5")
+    op = api.execute(job_id)
+    _wait_log(api, job_id, b"started")
+    api.jobs.SetDataTtl(pjs_pb2.SetProjectJobDataTtlRequest(job_id=job_id), metadata=api.md)  # keep forever
+    api.wait(op)
+    job = api.get(job_id)
+    assert job.status == S.SUCCESS and not job.HasField("data_expires_at")

@@ -108,7 +108,18 @@ class JobManager:
     def is_active(self, job_id: str) -> bool:
         return job_id in self._runs
 
-    def _set_status(self, job: jobs_pb2.Job, status: int, details: str | None = None) -> None:
+    def _set_status(
+        self,
+        job_id: str,
+        status: int,
+        details: str | None = None,
+        update: Callable[[jobs_pb2.Job], None] | None = None,
+    ) -> None:
+        """Move a job to ``status``: read, change and save with no await in between, so a
+        concurrent RPC's change (SetDataTtl, say) is never overwritten by a stale copy."""
+        job = self.store.get_job(job_id)
+        if update is not None:
+            update(job)
         job.status = status  # type: ignore[assignment]
         if details is not None:
             job.status_details = details
@@ -142,7 +153,7 @@ class JobManager:
             if job.status in FINAL:
                 raise FailedPrecondition(f"job {job_id} is already {job_status_name(job.status)}")
             # Created but never executed: nothing runs, it just ends.
-            self._set_status(job, S.CANCELLED, f"cancelled{': ' + reason if reason else ''}")
+            self._set_status(job_id, S.CANCELLED, f"cancelled{': ' + reason if reason else ''}")
             return
         if run.cancel == "hard" or (run.cancel == "graceful" and graceful):
             return
@@ -156,7 +167,7 @@ class JobManager:
             if run.task is not None:
                 run.task.cancel()
             return
-        self._set_status(job, S.CANCELLING)
+        self._set_status(job_id, S.CANCELLING)
         jl = self.logs.open(job_id)
         if graceful:
             gsp = job.job_parameters.graceful_shutdown_parameters
@@ -257,14 +268,13 @@ class JobManager:
             self.on_change(job_id)
 
     def _finish(self, job_id: str, status: int, details: str) -> None:
-        job = self.store.get_job(job_id)
-        if job.status not in FINAL:
-            self._set_status(job, status, details)
+        if self.store.get_job(job_id).status not in FINAL:
+            self._set_status(job_id, status, details)
 
     async def _run(self, run: _Run, jl: JobLog) -> tuple[int, str] | None:
         job = self.store.get_job(run.job_id)
         p = job.job_parameters
-        self._set_status(job, S.PREPARING, "")
+        self._set_status(job.id, S.PREPARING, "")
         self._progress(job.id, "preparing the job directory", 5)
         workdir = self.workdir(job.id)
         if workdir.exists():
@@ -283,8 +293,7 @@ class JobManager:
 
         run.proc = await self.executor.start(cmd, workdir, env, sink)
         self.store.set_pgid(job.id, run.proc.pid)
-        job = self.store.get_job(job.id)
-        self._set_status(job, S.EXECUTING)
+        self._set_status(job.id, S.EXECUTING)
         watcher = asyncio.ensure_future(self._watch_progress(job.id, workdir))
         try:
             code = await run.proc.wait()
@@ -294,26 +303,25 @@ class JobManager:
         await self._read_progress(job.id, workdir, _ProgressCursor())
         jl.system(f"process exited with code {code}")
         if run.cancel is not None:
-            job = self.store.get_job(job.id)
             reason = f"cancelled{': ' + run.cancel_reason if run.cancel_reason else ''}"
-            await self._collect_logs(job)
-            self._set_status(job, S.CANCELLED, reason)
+            await self._collect_logs(job.id)
+            self._set_status(job.id, S.CANCELLED, reason, self._record_files)
             return (CANCELLED_CODE, reason)
-        job = self.store.get_job(job.id)
-        self._set_status(job, S.UPLOADING_OUTPUT)
+        self._set_status(job.id, S.UPLOADING_OUTPUT)
         self._progress(job.id, "collecting outputs", 95)
-        await self._collect_outputs(job, workdir, jl)
-        await self._collect_logs(job)
-        job.ClearField("output_files")
-        job.output_files.extend(f.to_proto() for f in self.store.files(job.id, ["output"]))
-        job.ClearField("log_files")
-        job.log_files.extend(f.to_proto() for f in self.store.files(job.id, ["log"]))
-        job.data_size_bytes = sum(f.size for f in self.store.files(job.id))
+        errors = await self._collect_outputs(job, workdir, jl)
+        await self._collect_logs(job.id)
+
+        def finished(j: jobs_pb2.Job) -> None:
+            self._record_files(j)
+            del j.file_errors[:]
+            j.file_errors.extend(errors)
+
         if code == 0:
-            self._set_status(job, S.SUCCESS, "")
+            self._set_status(job.id, S.SUCCESS, "", finished)
         else:
             what = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            self._set_status(job, S.ERROR, f"process {what}")
+            self._set_status(job.id, S.ERROR, f"process {what}", finished)
         self._progress(job.id, "done", 100)
         run.response = _result(code)
         return None
@@ -431,9 +439,20 @@ class JobManager:
                 self.store.touch_operation(run.op_id)
 
     # -- outputs -----------------------------------------------------------------
-    async def _collect_outputs(self, job: jobs_pb2.Job, workdir: Path, jl: JobLog) -> None:
+    def _record_files(self, job: jobs_pb2.Job) -> None:
+        """Copy the stored file references into the job message."""
+        files = self.store.files(job.id)
+        job.ClearField("output_files")
+        job.output_files.extend(f.to_proto() for f in files if f.kind == "output")
+        job.ClearField("log_files")
+        job.log_files.extend(f.to_proto() for f in files if f.kind == "log")
+        job.data_size_bytes = sum(f.size for f in files)
+
+    async def _collect_outputs(
+        self, job: jobs_pb2.Job, workdir: Path, jl: JobLog
+    ) -> list[jobs_pb2.FileUploadError]:
         refs: list[FileRef] = []
-        del job.file_errors[:]
+        errors: list[jobs_pb2.FileUploadError] = []
         for d in job.job_parameters.output_files:
             src = place(workdir, d.path, d.var, "outputs")
             if src.is_dir():
@@ -444,10 +463,15 @@ class JobManager:
             else:
                 msg = f"output file {d.path!r} was not created by the job"
                 jl.system(msg)
-                job.file_errors.add(output_file_desc=d, description=msg, type=S.FileUploadError.NOT_FOUND)
+                errors.append(
+                    jobs_pb2.FileUploadError(
+                        output_file_desc=d, description=msg, type=S.FileUploadError.NOT_FOUND
+                    )
+                )
                 continue
             refs.append(ref)
         self.store.add_files(job.id, refs)
+        return errors
 
     def _add_file(self, src: Path) -> tuple[str, int]:
         """Hash a finished output in place, then hard-link it into the blob store (no copy)."""
@@ -477,14 +501,12 @@ class JobManager:
             tmp.unlink(missing_ok=True)
         return FileRef("output", d.path, d.var, sha, size, S.ZIP)
 
-    async def _collect_logs(self, job: jobs_pb2.Job) -> None:
+    async def _collect_logs(self, job_id: str) -> None:
         refs = []
-        for path in self.logs.plain_files(job.id):
+        for path in self.logs.plain_files(job_id):
             sha, size = await asyncio.to_thread(self.blobs.add_file, path)
             refs.append(FileRef("log", path.name, "", sha, size, S.NONE))
-        self.store.add_files(job.id, refs)
-        job.ClearField("log_files")
-        job.log_files.extend(r.to_proto() for r in self.store.files(job.id, ["log"]))
+        self.store.add_files(job_id, refs)
 
 
 @dataclass
