@@ -1,0 +1,411 @@
+"""``%%ds_job`` and the ``%ds_*`` magics on a real InteractiveShell against a real job server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from jupyter_ds_jobs._proto import jobs_pb2
+from jupyter_ds_jobs.core.client import JobsClient
+from jupyter_ds_jobs.core.errors import InvalidArgument, JobFailed
+from jupyter_ds_jobs.magics import DsJob, DsJobsMagics
+from jupyter_ds_jobs.packaging import celljob
+from jupyter_ds_jobs.packaging.cellio import UnpicklableInput
+from jupyter_ds_jobs.packaging.celljob import CellJobOptions, IPythonSyntaxError, build_cell_job
+from jupyter_ds_jobs.widgets import JobWidget, Summary, TextView
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def shell() -> InteractiveShell:
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "jupyter_ds_jobs")
+    return sh
+
+
+@pytest.fixture
+def client(server: Any) -> Iterator[JobsClient]:
+    c = JobsClient(server.info.endpoint, server.info.token)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def magics(shell: InteractiveShell, client: JobsClient, monkeypatch: pytest.MonkeyPatch) -> DsJobsMagics:
+    monkeypatch.setenv("DS_JOBS_DISPLAY", "text")
+    monkeypatch.setenv("DS_JOBS_CONFIG", str(Path(os.environ["JUPYTER_DATA_DIR"]) / "ds_jobs_test.json"))
+    m = DsJobsMagics(shell)
+    m.client = client
+    shell.register_magics(m)
+    for name in [k for k in shell.user_ns if not k.startswith("_") and k not in shell.user_ns_hidden]:
+        del shell.user_ns[name]
+    return m
+
+
+def run(shell: InteractiveShell, args: str, cell: str) -> Any:
+    return shell.run_cell_magic("ds_job", args, cell)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_round_trip_of_variables_functions_and_classes(
+    shell: InteractiveShell, magics: DsJobsMagics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.run_cell(
+        "class Frame:\n"
+        "    def __init__(self, rows): self.rows = rows\n"
+        "    def total(self): return sum(self.rows)\n"
+        "def scale(v, k=2):\n"
+        "    return v * k\n"
+        "df = Frame([1, 2, 3])\n"
+        "untouched = 'not read by the cell'\n"
+    )
+    run(
+        shell,
+        "--name t1",
+        "import os\nscore = scale(df.total())\nframe2 = Frame([score])\nprint('score is', score)\n",
+    )
+    ns = shell.user_ns
+    assert ns["score"] == 12
+    assert type(ns["frame2"]).__name__ == "Frame" and ns["frame2"].total() == 12
+    assert ns["os"] is os  # a module bound by the cell comes back by reference
+    out = capsys.readouterr()
+    assert "score is 12" in out.out
+    assert "SUCCESS, return code 0" in out.out
+    assert "variables loaded: os, score, frame2" in out.out
+
+
+def test_inputs_outputs_overrides_no_outputs_and_del(shell: InteractiveShell, magics: DsJobsMagics) -> None:
+    shell.user_ns.update(a=1, b=2, gone=3)
+    run(shell, "--outputs c", "c = a + b\nd = 10\n")
+    assert shell.user_ns["c"] == 3 and "d" not in shell.user_ns
+    run(shell, "--no-outputs", "e = 5\n")
+    assert "e" not in shell.user_ns
+    run(shell, "--inputs a,gone", "f = a * 7\ndel gone\n")
+    assert shell.user_ns["f"] == 7 and "gone" not in shell.user_ns
+
+
+def test_local_modules_are_shipped_with_what_they_import(
+    shell: InteractiveShell, magics: DsJobsMagics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nb = tmp_path / "nb"
+    (nb / "mypkg_dsj").mkdir(parents=True)
+    (nb / "mypkg_dsj" / "__init__.py").write_text("from .core import triple\n")
+    (nb / "mypkg_dsj" / "core.py").write_text(
+        "import helper_dsj\ndef triple(x):\n    return helper_dsj.add(x, 2 * x)\n"
+    )
+    (nb / "helper_dsj.py").write_text("def add(a, b):\n    return a + b\n")
+    monkeypatch.chdir(nb)
+    monkeypatch.syspath_prepend(str(nb))
+    cj = build_cell_job("from mypkg_dsj import triple\nr = triple(5)\n", {}, CellJobOptions(search_path=[nb]))
+    try:
+        assert sorted(p.name for p in cj.local_modules) == ["helper_dsj.py", "mypkg_dsj"]
+        assert [f.var for f in cj.files if f.zip] == ["_LOCAL_MODULE_0", "_LOCAL_MODULE_1"]
+    finally:
+        cj.cleanup()
+    run(shell, "", "from mypkg_dsj import triple\nr = triple(5)\n")
+    assert shell.user_ns["r"] == 15
+
+
+def test_requirements_are_pinned_from_the_cell_modules_and_objects(tmp_path: Path) -> None:
+    import grpc
+    import yaml
+
+    from jupyter_ds_jobs.packaging.analysis import requirements_for_modules
+
+    (tmp_path / "localmod_pins.py").write_text("import yaml\n")
+    channel_opts = grpc.ChannelConnectivity.READY  # an object whose type lives in grpcio
+    ns = {"state": channel_opts}
+    cj = build_cell_job(
+        "import localmod_pins\nout = str(state)\n",
+        ns,
+        CellJobOptions(search_path=[tmp_path], pip=["extra-pkg==1.0"]),
+    )
+    try:
+        reqs = list(cj.params.env.python_env.requirements)
+        pins = {r.split("==")[0].lower(): r for r in reqs}
+        assert pins["pyyaml"] == f"PyYAML=={yaml.__version__}"  # through the local module
+        grpc_pin, _ = requirements_for_modules(["grpc"])
+        assert grpc_pin[0] in reqs  # the module of an object sent
+        assert pins["cloudpickle"].startswith("cloudpickle==")  # the runner's own need
+        assert "extra-pkg==1.0" in reqs
+        py = f"{sys.version_info.major}.{sys.version_info.minor}"
+        assert cj.params.env.python_env.python_version == py
+        assert cj.params.cmd == "python _ds_runner.py"
+        assert [d.path for d in cj.params.output_files] == ["_ds_outputs.zip", "_ds_error.json"]
+    finally:
+        cj.cleanup()
+    none = build_cell_job("import yaml\n", {}, CellJobOptions(requirements="none", python="3.12"))
+    try:
+        assert list(none.params.env.python_env.requirements) == []
+        assert none.params.env.python_env.python_version == "3.12"
+    finally:
+        none.cleanup()
+
+
+def test_unchanged_input_is_deduplicated(shell: InteractiveShell, magics: DsJobsMagics) -> None:
+    shell.user_ns["big"] = b"x" * (3 * 2**20)
+    run(shell, "", "n = len(big)\n")
+    first = magics.client.last_create
+    run(shell, "", "n = len(big)\n")
+    second = magics.client.last_create
+    assert shell.user_ns["n"] == 3 * 2**20
+    assert first.bytes_uploaded >= 3 * 2**20
+    assert second.bytes_uploaded < 4096  # only the manifest/cell if anything: the pickle was known
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_unpicklable_input_is_refused_before_submitting(
+    shell: InteractiveShell, magics: DsJobsMagics
+) -> None:
+    shell.user_ns["lock"] = threading.Lock()
+    before = len(list(magics.client.list()))
+    with pytest.raises(UnpicklableInput, match="input variable 'lock'"):
+        run(shell, "", "with lock:\n    z = 1\n")
+    assert len(list(magics.client.list())) == before
+
+
+def test_ipython_syntax_is_refused_naming_the_line(shell: InteractiveShell, magics: DsJobsMagics) -> None:
+    with pytest.raises(IPythonSyntaxError, match=r"cell line 3: '!ls -l'"):
+        run(shell, "", "x = 1\n!ls -l\n")
+    with pytest.raises(IPythonSyntaxError, match=r"cell line 2: '%time y = 2'"):
+        run(shell, "", "%time y = 2\n")
+
+
+def test_input_over_the_limit_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="input variable 'blob'"):
+        build_cell_job("n = len(blob)\n", {"blob": b"y" * 5000}, CellJobOptions(max_input_bytes=1000))
+
+
+def test_unpicklable_output_is_reported(
+    shell: InteractiveShell, magics: DsJobsMagics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h = run(shell, "-o h0", "import threading\nlk = threading.Lock()\nok = 1\n")
+    assert h is None
+    job: DsJob = shell.user_ns["h0"]
+    assert "lk" in job.unpicklable and shell.user_ns["ok"] == 1
+    assert "variable 'lk' did not come back" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_remote_exception_with_cell_line_numbers(shell: InteractiveShell, magics: DsJobsMagics) -> None:
+    with pytest.raises(ZeroDivisionError) as info:
+        run(shell, "", "a = 1\n\nb = a / 0\n")
+    exc = info.value
+    text = "\n".join(exc._render_traceback_())  # type: ignore[attr-defined]
+    assert 'File "<ds_job cell>", line 4' in text  # line 1 is the %%ds_job line
+    assert "b = a / 0" in text
+    assert shell.user_ns["a"] == 1  # what the cell bound before raising is kept, as locally
+
+
+def test_exit_without_exception_raises_with_code_and_last_lines(
+    shell: InteractiveShell, magics: DsJobsMagics
+) -> None:
+    with pytest.raises(JobFailed, match=r"exit code 3(.|\n)*about to leave") as info:
+        run(shell, "", "print('about to leave')\nimport sys\nsys.exit(3)\n")
+    assert info.value.return_code == 3
+
+
+def test_interrupt_cancels_the_job(shell: InteractiveShell, magics: DsJobsMagics) -> None:
+    main = threading.main_thread()
+    assert threading.current_thread() is main
+    started = threading.Event()
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            jobs = [j for j in magics.client.list(limit=1) if j.status == jobs_pb2.EXECUTING]
+            if jobs:
+                started.set()
+                time.sleep(0.3)
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=interrupt, daemon=True)
+    t.start()
+    with pytest.raises(KeyboardInterrupt):
+        run(
+            shell,
+            "--graceful-timeout 5",
+            "import time\nfor i in range(300):\n    time.sleep(0.1)\ndone = True\n",
+        )
+    t.join(5)
+    assert started.is_set()
+    job = next(iter(magics.client.list(limit=1)))
+    assert job.status == jobs_pb2.CANCELLED
+    assert "done" not in shell.user_ns
+
+
+# --------------------------------------------------------------------------- async, attach, line magics
+
+
+def test_async_handle_result_cancel_and_attach(
+    shell: InteractiveShell, magics: DsJobsMagics, client: JobsClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.user_ns["k"] = 4
+    run(shell, "--async -o h1 --name slow", "import time\ntime.sleep(0.5)\nprint('woke up')\nres = k ** 2\n")
+    h: DsJob = shell.user_ns["h1"]
+    assert "res" not in shell.user_ns  # returned at once
+    assert h.result(timeout=30) == {"res": 16, "time": time}
+    assert shell.user_ns["res"] == 16
+
+    # a "new kernel": a fresh magics instance, an empty namespace; attach by id
+    del shell.user_ns["res"]
+    fresh = DsJobsMagics(shell)
+    fresh.client = client
+    shell.register_magics(fresh)
+    capsys.readouterr()
+    shell.run_line_magic("ds_job_attach", f"{h.job_id} -o again")
+    assert shell.user_ns["res"] == 16
+    out = capsys.readouterr().out
+    assert "woke up" in out  # the logs, replayed
+
+    run(shell, "--async -o h2", "import time\ntime.sleep(30)\nnever = 1\n")
+    h2: DsJob = shell.user_ns["h2"]
+    deadline = time.monotonic() + 15
+    while h2.status != "EXECUTING" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shell.run_line_magic("ds_job_cancel", h2.job_id)
+    assert h2.wait(20) and h2.status == "CANCELLED"
+    with pytest.raises(JobFailed, match="cancelled"):
+        h2.result()
+
+    shell.run_line_magic("ds_jobs", "--limit 5")
+    table = capsys.readouterr().out
+    assert h.job_id in table and "CANCELLED" in table and "SUCCESS" in table
+    shell.run_line_magic("ds_job_logs", h.job_id)
+    assert "woke up" in capsys.readouterr().out
+
+
+def test_ds_config_persists_settings(
+    shell: InteractiveShell, magics: DsJobsMagics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.run_line_magic("ds_config", "project=p1 defaults.instance_type=g1.1 defaults.requirements=none")
+    out = capsys.readouterr().out
+    assert "project = p1" in out and "defaults.instance_type = g1.1" in out
+    opts = magics._options(magics._parse("ds_job", ""))
+    assert list(opts.instance_types) == ["g1.1"] and opts.requirements == "none"
+    shell.run_line_magic("ds_config", "project= defaults.instance_type= defaults.requirements=")
+    with pytest.raises(InvalidArgument, match="unknown setting 'colour'"):
+        shell.run_line_magic("ds_config", "colour=red")
+
+
+def test_help_lists_every_option(magics: DsJobsMagics) -> None:
+    doc = DsJobsMagics.ds_job.__doc__ or ""
+    for opt in (
+        "--name", "--desc", "--instance-type", "--inputs", "--outputs", "--no-outputs", "--file",
+        "--output-file", "--requirements", "--pip", "--python", "--env", "--graceful-timeout",
+        "--async", "-o", "--endpoint", "--project", "--quiet",
+    ):  # fmt: skip
+        assert opt in doc, opt
+
+
+def test_files_in_and_out(
+    shell: InteractiveShell, magics: DsJobsMagics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.txt").write_text("1 2 3\n")
+    run(
+        shell,
+        "--file data.txt:DATA --output-file report.txt --env GREETING=hi",
+        "import os\nnums = open(DATA).read().split()\nopen('report.txt', 'w').write(os.environ['GREETING'] + str(len(nums)))\n",
+    )
+    assert shell.user_ns["nums"] == ["1", "2", "3"]
+    assert (tmp_path / "report.txt").read_text() == "hi3"
+
+
+# --------------------------------------------------------------------------- views
+
+
+def test_widget_model_states() -> None:
+    cancelled: list[bool] = []
+    w = JobWidget("train", on_cancel=lambda: cancelled.append(True))
+    try:
+        w.started("dsj123")
+        assert "train" in w.header.value and "dsj123" in w.header.value
+        w.status("EXECUTING")
+        assert w.bar.value == 10 and "executing" in w.header.value
+        w.progress("epoch 2/5", 40)
+        assert w.bar.value == 40 and w.progress_label.value == "epoch 2/5"
+        w.log("line one\npartial")
+        w.log(" done\n")
+        w.log("<oops>\n", stderr=True)
+        w.cancel_button.click()
+        assert cancelled == [True] and w.cancel_button.disabled
+        w.finished(Summary("SUCCESS", 0, 1.5, ["model", "score"], ["report.txt"]))
+        assert "line one" in w.output.value and "partial done" in w.output.value
+        assert "&lt;oops&gt;" in w.output.value and 'title="stderr"' in w.output.value
+        assert w.bar.value == 100 and w.bar.bar_style == "success"
+        assert "variables loaded: model, score" in w.summary_html.value
+        assert "files downloaded: report.txt" in w.summary_html.value
+        text = w.text()
+        assert "[stderr] <oops>" in text and "SUCCESS, return code 0" in text
+        bundle = w._repr_mimebundle_()
+        assert bundle is not None and "application/vnd.jupyter.widget-view+json" in bundle
+    finally:
+        w.close()
+
+
+def test_widget_log_buffer_is_bounded() -> None:
+    w = JobWidget("flood", max_lines=50)
+    try:
+        w.log("".join(f"line {i}\n" for i in range(1000)))
+        w.finished(Summary("SUCCESS", 0))
+        assert "line 999" in w.output.value and "line 949" not in w.output.value
+        assert "950 earlier lines not shown" in w.output.value
+    finally:
+        w.close()
+
+
+def test_magic_drives_the_widget(
+    shell: InteractiveShell, magics: DsJobsMagics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DS_JOBS_DISPLAY", "widget")
+    run(
+        shell,
+        "-o hw --name wjob",
+        "print('to the widget')\nimport sys\nprint('warn', file=sys.stderr)\nv = 1\n",
+    )
+    view = shell.user_ns["hw"].view
+    assert isinstance(view, JobWidget)
+    assert view.bar.value == 100 and view.bar.bar_style == "success"
+    assert "to the widget" in view.output.value and 'title="stderr">warn' in view.output.value
+    assert "variables loaded: sys, v" in view.summary_html.value and view.cancel_button.disabled
+
+
+def test_text_view_writes_plain_streams() -> None:
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    v = TextView("t", stdout=out, stderr=err)
+    v.started("dsj1")
+    v.status("EXECUTING")
+    v.log("hello\n")
+    v.log("bad\n", stderr=True)
+    v.finished(Summary("ERROR", 2, 0.5))
+    assert "hello\n" in out.getvalue() and err.getvalue() == "bad\n"
+    assert "[ds_job] t job dsj1: ERROR, return code 2" in out.getvalue()
+
+
+def test_file_spec_and_env_parsing() -> None:
+    assert celljob.parse_file_spec("a/b.csv:DATA") == (Path("a/b.csv"), "DATA")
+    assert celljob.parse_file_spec("C:/x.csv") == (Path("C:/x.csv"), "")
+    assert celljob.parse_env(["A=1", "B=x=y"]) == {"A": "1", "B": "x=y"}
+    with pytest.raises(InvalidArgument, match="NAME=VALUE"):
+        celljob.parse_env(["novalue"])
