@@ -304,7 +304,9 @@ class JobsClient:
                 raise err from None
 
     def _project(self, project_id: str | None) -> str:
-        p = project_id if project_id is not None else self.project_id
+        if project_id is not None:
+            return project_id  # explicit, even empty (the local server then means every project)
+        p = self.project_id
         if not p:
             raise InvalidArgument("no project given (use -p PROJECT, DS_JOBS_PROJECT or the settings)")
         return p
