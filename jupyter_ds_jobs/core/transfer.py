@@ -194,17 +194,30 @@ def _tree_fingerprint(src: Path) -> str:
     return h.hexdigest()
 
 
-def _zip_cached(src: Path, zips: Path) -> Path:
-    """A deterministic ZIP of ``src`` from the cache, made when the tree changed."""
+def _zip_cached(src: Path, zips: Path) -> tuple[Path, str]:
+    """A deterministic ZIP of ``src`` and its sha256, from the cache; made when the tree changed.
+
+    ``<fingerprint>.zip`` sits beside ``<fingerprint>.sha256`` (written after the ZIP), so a
+    cached ZIP is neither re-made nor re-hashed.
+    """
     zips.mkdir(parents=True, exist_ok=True)
-    dest = zips / f"{_tree_fingerprint(src)}.zip"
-    if dest.is_file():
-        with contextlib.suppress(OSError):
-            os.utime(dest)  # most recently used
-        return dest
-    zip_path(src, dest)
+    key = _tree_fingerprint(src)
+    dest = zips / f"{key}.zip"
+    side = zips / f"{key}.sha256"
+    try:
+        sha, size = side.read_text().split()
+        if dest.stat().st_size == int(size):
+            with contextlib.suppress(OSError):
+                os.utime(dest)  # most recently used
+            return dest, sha
+    except (OSError, ValueError):
+        pass
+    sha, n = zip_path(src, dest)
+    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{sha} {n}\n")
+    os.replace(tmp, side)
     _prune_zips(zips, keep=dest)
-    return dest
+    return dest, sha
 
 
 def _prune_zips(zips: Path, keep: Path, limit: int = MAX_CACHED_ZIP_BYTES) -> None:
@@ -219,6 +232,7 @@ def _prune_zips(zips: Path, keep: Path, limit: int = MAX_CACHED_ZIP_BYTES) -> No
             break
         if p != keep:
             p.unlink(missing_ok=True)
+            p.with_suffix(".sha256").unlink(missing_ok=True)
             total -= size
 
 
@@ -243,14 +257,14 @@ def prepare_files(
         src = f.local_path
         if f.zip:
             tracker.current = src.name
-            upload = _zip_cached(src, zips)
+            upload, sha = _zip_cached(src, zips)
             compression = jobs_pb2.ZIP
         else:
             if not src.is_file():
                 raise InvalidArgument(f"{src} is not a regular file (directories must be zipped)")
             upload = src
             compression = jobs_pb2.NONE
-        sha = hc.sha256(upload)
+            sha = hc.sha256(upload)
         up_size = upload.stat().st_size
         if up_size > MAX_UPLOAD_BYTES:
             raise InvalidArgument(
