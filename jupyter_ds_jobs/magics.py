@@ -171,7 +171,9 @@ class DsJob:
         while True:
             try:
                 wake = self._logs.done if self._logs is not None else None
-                return self.client.wait(self.job_id, self._op, on_progress=self._on_progress, wake=wake)
+                return self.client.wait(
+                    self.job_id, self._op, on_progress=self._on_progress, wake=wake, poll=0.02
+                )
             except KeyboardInterrupt as e:
                 if not interruptible:
                     raise
