@@ -338,6 +338,7 @@ def cmd_execute(args: argparse.Namespace) -> int:
                 f"{st.files_uploaded} ({human_bytes(st.bytes_uploaded)}) in {st.total_seconds:.2f}s"
             )
         if args.async_:
+            client.execute(job_id)
             print(job_id)
             return 0
         return run_attached(client, job_id, console, download_dir=Path.cwd())
@@ -436,6 +437,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
                               progress=console.transfer)  # fmt: skip
         console.info(f"created job {job_id} (fork of {args.id})")
         if args.async_:
+            client.execute(job_id)
             print(job_id)
             return 0
         return run_attached(client, job_id, console, download_dir=Path.cwd())
