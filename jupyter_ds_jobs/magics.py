@@ -274,25 +274,33 @@ class DsJob:
             self.view.close()
 
     def _download_and_load(self, load: bool) -> None:
-        if self._result is not None and self._result.output_files:
+        ours_names = (OUTPUTS_ZIP, ERROR_FILE)
+        urls = self._result is not None and bool(self._result.output_files)
+        if urls:  # the URLs came with the operation
             storage = list(self._result.output_files)
-        else:
-            job = self.client.get(self.job_id)
-            storage = []
-            if job.output_files:
-                storage = list(self._download_urls(list(job.output_files)))
-        ours = [sf for sf in storage if sf.file.desc.path in (OUTPUTS_ZIP, ERROR_FILE)]
-        user = [sf for sf in storage if sf.file.desc.path not in (OUTPUTS_ZIP, ERROR_FILE)]
+            ours: list[Any] = [sf for sf in storage if sf.file.desc.path in ours_names]
+            user: list[Any] = [sf for sf in storage if sf.file.desc.path not in ours_names]
+
+            def fetch(items: list[Any], dest: Path, extract: bool) -> list[Path]:
+                return list(self.client.download_storage_files(items, dest, extract=extract))
+        else:  # ask the server for them
+            files = list(self.client.get(self.job_id).output_files)
+            ours = [f for f in files if f.desc.path in ours_names]
+            user = [f for f in files if f.desc.path not in ours_names]
+
+            def fetch(items: list[Any], dest: Path, extract: bool) -> list[Path]:
+                return list(self.client.download(self.job_id, items, dest, extract=extract))
+
         tmp = Path(tempfile.mkdtemp(prefix="ds-job-results-"))
         try:
-            got = self.client.download_storage_files(ours, tmp, extract=False) if ours else []
+            got = fetch(ours, tmp, False) if ours else []
             by_name = {p.name: p for p in got}
             res = celljob.load_cell_results(by_name.get(OUTPUTS_ZIP), by_name.get(ERROR_FILE))
             self.unpicklable = res.unpicklable
             self.error = res.error
             if user:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
-                self.files = list(self.client.download_storage_files(user, self.output_dir, extract=True))
+                self.files = fetch(user, self.output_dir, True)
             if load and self.shell is not None:
                 self.shell.user_ns.update(res.values)
                 if self.cell is not None and self.error is None and self.status == "SUCCESS":
@@ -320,12 +328,6 @@ class DsJob:
                 + (f"; last lines of its output:\n{tail}" if tail else ""),
                 return_code=self.return_code,
             )
-
-    def _download_urls(self, files: list[Any]) -> Any:
-        from jupyter_ds_jobs._proto import pjs_pb2
-
-        req = pjs_pb2.DownloadProjectJobFilesRequest(job_id=self.job_id, files=files)
-        return self.client._rpc(self.client._jobs.DownloadJobFiles, req).download_files
 
     @property
     def details(self) -> str:
