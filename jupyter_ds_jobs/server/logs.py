@@ -99,6 +99,7 @@ class LogStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._live: dict[str, JobLog] = {}
+        self._opened = asyncio.Event()  # set (and replaced) whenever a job's log opens
 
     def dir(self, job_id: str) -> Path:
         return self.root / job_id / "logs"
@@ -107,7 +108,14 @@ class LogStore:
         log = self._live.get(job_id)
         if log is None:
             log = self._live[job_id] = JobLog(self.dir(job_id))
+            self._opened.set()
+            self._opened = asyncio.Event()
         return log
+
+    async def _wait_opened(self, timeout: float) -> None:
+        ev = self._opened
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout)
 
     def finish(self, job_id: str) -> None:
         log = self._live.pop(job_id, None)
@@ -160,8 +168,8 @@ class LogStore:
                     return
                 if live is not None:
                     await live.changed(poll)
-                else:
-                    await asyncio.sleep(min(poll, 0.2))
+                else:  # not started yet: wake as soon as any job's log opens
+                    await self._wait_opened(poll)
         finally:
             if f is not None:
                 f.close()

@@ -142,6 +142,7 @@ class JobManager:
     def submit(self, job_id: str, op_id: str) -> None:
         run = _Run(job_id, op_id)
         self._runs[job_id] = run
+        self.logs.open(job_id)  # live before Execute answers, so followers never poll for it
         self._queue.append(job_id)
         self.store.set_execute_op(job_id, op_id)
         run.task = asyncio.ensure_future(self._lifecycle(run))
