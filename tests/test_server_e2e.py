@@ -98,7 +98,7 @@ def test_official_sdk_client_full_round_trip(server) -> None:  # type: ignore[no
         op = ops.Get(sdk_ops.GetOperationRequest(operation_id=op.id), metadata=md)
     result = sdk_pjs.ExecuteProjectJobResponse()
     assert op.response.Unpack(result)
-    assert result.result.return_code == 0
+    assert result.HasField("result") and result.result.return_code == 0
     assert [f.file.desc.path for f in result.output_files] == ["result.txt"]
     status, body = http("GET", result.output_files[0].url)
     assert status == 200 and body == b"sum=12\n"

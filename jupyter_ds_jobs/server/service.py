@@ -214,7 +214,7 @@ class Context:
     def execute_response(self, row: OperationRow) -> pjs_pb2.ExecuteProjectJobResponse:
         job = self.store.get_job(row.job_id)
         resp = pjs_pb2.ExecuteProjectJobResponse()
-        if row.response:
+        if row.response is not None:  # return code 0 serializes to b"": still a result
             resp.result.CopyFrom(jobs_pb2.JobResult.FromString(row.response))
         if not job.data_cleared:
             for f in job.output_files:
