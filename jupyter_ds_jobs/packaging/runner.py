@@ -31,27 +31,25 @@ job dir importable. The cell can report progress with::
 
 from __future__ import annotations
 
-import ast
-import asyncio
 import base64
 import builtins
 import contextlib
 import hashlib
 import importlib
-import inspect
 import json
 import linecache
 import os
-import shutil
 import sys
-import traceback
 import types
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import cloudpickle
+
+# Imports are kept lean: every module imported here is paid on each job's start.
+_PyCF_ALLOW_TOP_LEVEL_AWAIT = 0x2000  # ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, without importing ast
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE
 
 __all__ = [
     "CELL_FILE",
@@ -156,6 +154,8 @@ def error_record(exc: BaseException, cell_filename: str) -> dict[str, Any]:
     of the exception, or null when it cannot be pickled).
     """
     exc.__traceback__ = _trim_traceback(exc, cell_filename)
+    import traceback
+
     te = traceback.TracebackException.from_exception(exc)
     frames = [
         {"filename": fs.filename, "lineno": fs.lineno, "name": fs.name, "line": fs.line} for fs in te.stack
@@ -298,6 +298,8 @@ def _write_outputs(
     job_dir: Path, manifest: Mapping[str, Any], ns: Mapping[str, Any], loaded: _Loaded
 ) -> None:
     out = job_dir / OUTPUTS_DIR
+    import shutil
+
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     written: list[str] = []
@@ -330,6 +332,8 @@ def _write_outputs(
 
 def _zip_dir(src: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
+    import zipfile
+
     with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
         for path in sorted(src.iterdir()):
             if not path.is_file():
@@ -356,14 +360,16 @@ def _new_main(cell_filename: str) -> types.ModuleType:
 def _compile_cell(source: str, cell_filename: str) -> types.CodeType:
     # dont_inherit: the runner's own ``from __future__`` flags must not leak into the cell.
     code: types.CodeType = compile(
-        source, cell_filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
+        source, cell_filename, "exec", flags=_PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
     )
     return code
 
 
 def _exec_cell(code: types.CodeType, ns: dict[str, Any]) -> None:
     result = eval(code, ns)
-    if code.co_flags & inspect.CO_COROUTINE:
+    if code.co_flags & _CO_COROUTINE:
+        import asyncio  # only for cells with top-level await: it costs ~40 ms to import
+
         asyncio.run(result)
 
 
