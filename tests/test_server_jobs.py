@@ -490,3 +490,19 @@ def test_a_change_made_while_the_job_runs_is_kept(api: Api) -> None:
     api.wait(op)
     job = api.get(job_id)
     assert job.status == S.SUCCESS and not job.HasField("data_expires_at")
+
+
+def test_plain_commands_run_without_a_shell_and_shell_syntax_with_one(api: Api, tmp_path: Path) -> None:
+    import shutil
+
+    from jupyter_ds_jobs.server.executors.local import direct_argv
+
+    path = str(Path(shutil.which("python") or "/usr/bin/python").parent)
+    assert direct_argv("python main.py a b", path) == [str(Path(path) / "python"), "main.py", "a", "b"]
+    for shelly in ("echo $HOME", "a | b", "x=1 cmd", "./run.sh", "cat *.txt", "echo 'a b'", "a; b"):
+        assert direct_argv(shelly, path) is None, shelly
+    assert direct_argv("no-such-command-here x", path) is None  # bash reports it, exit 127
+    job, _ = api.run(api.create("python -V"))
+    assert job.status == S.SUCCESS
+    job, op = api.run(api.create("no-such-command-here x"))
+    assert execute_response(op).result.return_code == 127

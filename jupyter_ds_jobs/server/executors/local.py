@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 from collections.abc import Mapping
@@ -53,14 +54,31 @@ class LocalProcess:
         self.signal(signal.SIGKILL)
 
 
+_SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\\"'*?\[\]#~=%{}!\n]")
+
+
+def direct_argv(cmd: str, path: str) -> list[str] | None:
+    """``cmd`` as an argv to exec without a shell, when it is a plain command (no shell syntax).
+
+    Saves a shell's start on every job; anything a shell would interpret goes through bash.
+    """
+    if _SHELL_SYNTAX.search(cmd):
+        return None
+    argv = cmd.split()
+    if not argv or "/" in argv[0]:  # a path is resolved against the job's dir: leave it to bash
+        return None
+    exe = shutil.which(argv[0], path=path)
+    return [exe, *argv[1:]] if exe else None
+
+
 class LocalExecutor:
-    """Runs ``cmd`` with bash in ``cwd``; stdout and stderr go to ``sink`` as they come."""
+    """Runs ``cmd`` in ``cwd`` (with bash unless it is a plain command); stdout and stderr go to
+    ``sink`` as they come."""
 
     async def start(self, cmd: str, cwd: Path, env: Mapping[str, str], sink: OutputSink) -> LocalProcess:
+        argv = direct_argv(cmd, env.get("PATH", "")) or [SHELL, "-c", cmd]
         proc = await asyncio.create_subprocess_exec(
-            SHELL,
-            "-c",
-            cmd,
+            *argv,
             cwd=cwd,
             env=dict(env),
             stdin=asyncio.subprocess.DEVNULL,
