@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import statistics
 import subprocess
@@ -28,23 +27,12 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import start_server
 
 TRIVIAL = "x = sum(range(10**6))\n"
 SLEEPY = "import time, array\ntime.sleep(2)\narr = array.array('d', bytes(10 * 2**20))\n"
-
-
-def start_server(state: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    conn = state / "ds-jobs-server.json"
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(state / "runtime")}
-    cmd = [sys.executable, "-m", "jupyter_ds_jobs", "server", "--state-dir", str(state), "--token", "bench"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 30
-    while not conn.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the job server did not start")
-        time.sleep(0.05)
-    return proc, json.loads(conn.read_text())
 
 
 def median_of(fn: Callable[[], object], runs: int, warmup: int = 1) -> tuple[float, list[float]]:

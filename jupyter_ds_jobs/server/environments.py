@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from jupyter_ds_jobs.core.connection import pid_alive
 from jupyter_ds_jobs.core.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -652,16 +653,6 @@ def _installed_here(requirement: str) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class EnvironmentCache:
     """Content-addressed cache of job virtual environments under ``root``, built with uv."""
 
@@ -1051,5 +1042,5 @@ class EnvironmentCache:
         """Remove temp dirs left by builds of processes that are gone."""
         for entry in os.scandir(self.tmp_dir):
             parts = entry.name.split(".")
-            if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            if len(parts) == 3 and parts[1].isdigit() and not pid_alive(int(parts[1])):
                 shutil.rmtree(entry.path, ignore_errors=True)
