@@ -31,10 +31,8 @@ job dir importable. The cell can report progress with::
 
 from __future__ import annotations
 
-import base64
 import builtins
 import contextlib
-import hashlib
 import importlib
 import json
 import linecache
@@ -142,6 +140,8 @@ def _pickle_exception(exc: BaseException) -> str | None:
         return None
     if len(data) > MAX_PICKLED_ERROR:
         return None
+    import base64
+
     return base64.b64encode(data).decode("ascii")
 
 
@@ -222,6 +222,8 @@ class _HashingWriter:
     """A write-only file object that hashes and counts what goes through it."""
 
     def __init__(self, f: IO[bytes]) -> None:
+        import hashlib
+
         self._f = f
         self.sha = hashlib.sha256()
 
@@ -231,6 +233,8 @@ class _HashingWriter:
 
 
 def _sha256_file(path: Path) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_COPY_CHUNK):
@@ -238,16 +242,17 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _dump(value: Any, path: Path) -> str:
-    """Pickle ``value`` to ``path`` (streaming); returns the sha256. Leaves no file on error."""
+def _dump(value: Any, path: Path, hashed: bool = True) -> str:
+    """Pickle ``value`` to ``path`` (streaming); returns the sha256 ("" unless ``hashed``).
+    Leaves no file on error."""
     try:
         with open(path, "wb") as f:
-            w = _HashingWriter(f)
+            w = _HashingWriter(f) if hashed else f
             cloudpickle.dump(value, w, protocol=cloudpickle.DEFAULT_PROTOCOL)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return w.sha.hexdigest()
+    return w.sha.hexdigest() if isinstance(w, _HashingWriter) else ""
 
 
 # --------------------------------------------------------------------------- the run
@@ -315,14 +320,15 @@ def _write_outputs(
             continue
         value = ns[name]
         path = out / f"{name}.pkl"
+        # An input the cell did not rebind is returned (without a list) only if it was mutated:
+        # only then is the pickle hashed, to compare it with the input's.
+        unchanged = not explicit and name in loaded.files and loaded.objects[name] is value
         try:
-            sha = _dump(value, path)
+            sha = _dump(value, path, hashed=unchanged)
         except Exception as e:
             unpicklable[name] = f"{type(e).__name__}: {e}"
             continue
-        # An input the cell did not rebind is returned (without a list) only if it was mutated.
-        unchanged = name in loaded.files and loaded.objects[name] is value
-        if not explicit and unchanged and sha == _sha256_file(loaded.files[name]):
+        if unchanged and sha == _sha256_file(loaded.files[name]):
             path.unlink()
             continue
         written.append(name)
