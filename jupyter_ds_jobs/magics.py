@@ -30,7 +30,7 @@ from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.core.errors import DsJobsError, InvalidArgument, JobFailed
 from jupyter_ds_jobs.packaging import celljob
 from jupyter_ds_jobs.packaging.celljob import CellJob, CellJobOptions
-from jupyter_ds_jobs.packaging.runner import ERROR_FILE, OUTPUTS_ZIP
+from jupyter_ds_jobs.packaging.runner import ERROR_FILE, OUTPUTS_DIR, OUTPUTS_MANIFEST, OUTPUTS_ZIP
 from jupyter_ds_jobs.widgets import JobView, Summary, TextView, format_duration, make_view
 
 __all__ = ["DsJob", "DsJobsMagics", "load_ipython_extension"]
@@ -54,7 +54,6 @@ def parse_argstring(magic_func: Any, argstring: str) -> Any:
 _FINAL = ("SUCCESS", "ERROR", "CANCELLED")
 _TAIL_LINES = 20
 _SYSTEM_SHOWN = re.compile(r"environment|error|cancel|SIGKILL|signal|waiting for a free slot", re.I)
-_IGNORED_FILE_ERRORS = (ERROR_FILE,)
 
 
 def _status_name(status: int) -> str:
@@ -274,19 +273,19 @@ class DsJob:
             self.view.close()
 
     def _download_and_load(self, load: bool) -> None:
-        ours_names = (OUTPUTS_ZIP, ERROR_FILE)
+        ours_p = celljob.is_cell_output
         urls = self._result is not None and bool(self._result.output_files)
         if urls:  # the URLs came with the operation
             storage = list(self._result.output_files)
-            ours: list[Any] = [sf for sf in storage if sf.file.desc.path in ours_names]
-            user: list[Any] = [sf for sf in storage if sf.file.desc.path not in ours_names]
+            ours: list[Any] = [sf for sf in storage if ours_p(sf.file.desc.path)]
+            user: list[Any] = [sf for sf in storage if not ours_p(sf.file.desc.path)]
 
             def fetch(items: list[Any], dest: Path, extract: bool) -> list[Path]:
                 return list(self.client.download_storage_files(items, dest, extract=extract))
         else:  # ask the server for them
             files = list(self.client.get(self.job_id).output_files)
-            ours = [f for f in files if f.desc.path in ours_names]
-            user = [f for f in files if f.desc.path not in ours_names]
+            ours = [f for f in files if ours_p(f.desc.path)]
+            user = [f for f in files if not ours_p(f.desc.path)]
 
             def fetch(items: list[Any], dest: Path, extract: bool) -> list[Path]:
                 return list(self.client.download(self.job_id, items, dest, extract=extract))
@@ -295,7 +294,8 @@ class DsJob:
         try:
             got = fetch(ours, tmp, False) if ours else []
             by_name = {p.name: p for p in got}
-            res = celljob.load_cell_results(by_name.get(OUTPUTS_ZIP), by_name.get(ERROR_FILE))
+            outputs = tmp / OUTPUTS_DIR if (tmp / OUTPUTS_DIR / OUTPUTS_MANIFEST).exists() else None
+            res = celljob.load_cell_results(outputs or by_name.get(OUTPUTS_ZIP), by_name.get(ERROR_FILE))
             self.unpicklable = res.unpicklable
             self.error = res.error
             if user:

@@ -143,7 +143,13 @@ def test_requirements_are_pinned_from_the_cell_modules_and_objects(tmp_path: Pat
         py = f"{sys.version_info.major}.{sys.version_info.minor}"
         assert cj.params.env.python_env.python_version == py
         assert cj.params.cmd == "python _ds_runner.py"
-        assert [d.path for d in cj.params.output_files] == ["_ds_outputs.zip", "_ds_error.json"]
+        # each known output is a file of its own (no ZIP to make or open), then the manifest
+        assert [d.path for d in cj.params.output_files] == [
+            "_ds_outputs/localmod_pins.pkl",
+            "_ds_outputs/out.pkl",
+            "_ds_outputs/_manifest.json",
+            "_ds_error.json",
+        ]
     finally:
         cj.cleanup()
     none = build_cell_job("import yaml\n", {}, CellJobOptions(requirements="none", python="3.12"))

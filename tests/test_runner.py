@@ -29,6 +29,7 @@ from jupyter_ds_jobs.packaging.cellio import (
     write_inputs,
     write_job_dir,
 )
+from jupyter_ds_jobs.packaging.runner import OUTPUTS_DIR, OUTPUTS_ZIP, RUNNER_FILE
 
 TIMEOUT = 60
 
@@ -401,6 +402,7 @@ def test_job_dir_layout(tmp_path: Path) -> None:
         "outputs": None,
         "cell_filename": "Cell In[3]",
         "modules": {"np": "numpy"},
+        "zip_outputs": True,
     }
     with pytest.raises(InvalidArgument, match="both a pickled input and a module"):
         write_job_dir(job, "", ["np"], None, {"np": "numpy"})
@@ -488,3 +490,13 @@ def test_inputs_sent_as_separate_job_files_and_prefixed_zip(tmp_path: Path) -> N
         for f in (job / "_ds_outputs").iterdir():
             zf.write(f, f"_ds_outputs/{f.name}")
     assert read_outputs(prefixed) == ({"y": 42}, {})
+
+
+def test_outputs_declared_one_by_one_need_no_zip(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    write_job_dir(job, "x = 1\ny = [x]\n", [], ["x", "y"], {}, zip_outputs=False)
+    proc = subprocess.run([sys.executable, RUNNER_FILE], cwd=job, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not (job / OUTPUTS_ZIP).exists()
+    values, unpicklable = read_outputs(job / OUTPUTS_DIR)
+    assert values == {"x": 1, "y": [1]} and unpicklable == {}

@@ -171,13 +171,17 @@ def write_job_dir(
     outputs: Sequence[str] | None,
     modules: Mapping[str, str],
     cell_filename: str = "<cell>",
+    *,
+    zip_outputs: bool = True,
 ) -> None:
     """Write the cell, a copy of the runner and the manifest into the job dir ``dest``.
 
     ``inputs`` are the pickled input variables (in ``dest/_ds_inputs/``, see
     :func:`write_inputs`), ``outputs`` the variables to bring back (``None``: every
     top-level name the cell bound, except modules, ``_names`` and unchanged inputs),
-    ``modules`` the inputs passed by reference as ``{name: module name}``.
+    ``modules`` the inputs passed by reference as ``{name: module name}``. With
+    ``zip_outputs`` the runner also writes ``_ds_outputs.zip``; a job that declares each
+    ``_ds_outputs/<name>.pkl`` as an output file of its own does without it.
     """
     dest = Path(dest)
     for name in [*inputs, *(outputs or ()), *modules]:
@@ -195,6 +199,7 @@ def write_job_dir(
         "outputs": None if outputs is None else list(dict.fromkeys(outputs)),
         "cell_filename": cell_filename,
         "modules": dict(modules),
+        "zip_outputs": zip_outputs,
     }
     with open(dest / MANIFEST_FILE, "w", encoding="utf-8") as f:
         json.dump(manifest, f, ensure_ascii=False, indent=1)

@@ -47,6 +47,8 @@ from jupyter_ds_jobs.packaging.runner import (
     ERROR_FILE,
     INPUTS_DIR,
     MANIFEST_FILE,
+    OUTPUTS_DIR,
+    OUTPUTS_MANIFEST,
     OUTPUTS_ZIP,
     RUNNER_FILE,
 )
@@ -58,9 +60,11 @@ __all__ = [
     "CellResults",
     "IPythonSyntaxError",
     "build_cell_job",
+    "is_cell_output",
     "kernel_python_version",
     "load_cell_results",
     "object_modules",
+    "output_path",
     "parse_env",
     "parse_file_spec",
 ]
@@ -354,7 +358,17 @@ def _stage(
     pickled += [v for v in file_vars if v not in pickled]
     paths = cellio.write_inputs(ns, pickled, staging / INPUTS_DIR, max_bytes=opts.max_input_bytes)
     # "\n" first: line numbers in remote tracebacks are those of the notebook cell (%%ds_job = 1)
-    cellio.write_job_dir(staging, "\n" + source, pickled, outputs, modules, cell_filename=CELL_FILENAME)
+    # Known outputs are declared one file each: no ZIP to write in the job, none to open here.
+    per_file = outputs is not None
+    cellio.write_job_dir(
+        staging,
+        "\n" + source,
+        pickled,
+        outputs,
+        modules,
+        cell_filename=CELL_FILENAME,
+        zip_outputs=not per_file,
+    )
 
     params = jobs_pb2.JobParameters(cmd=_RUNNER_CMD)
     files: list[LocalFile] = [
@@ -365,7 +379,11 @@ def _stage(
         files.append(
             LocalFile(local_path=paths[name], desc_path=f"{INPUTS_DIR}/{name}.pkl", var="", zip=False)
         )
-    params.output_files.add(path=OUTPUTS_ZIP)
+    if outputs is not None:
+        for name in [*dict.fromkeys(outputs), OUTPUTS_MANIFEST[:-5]]:
+            params.output_files.add(path=output_path(name))
+    else:
+        params.output_files.add(path=OUTPUTS_ZIP)
     params.output_files.add(path=ERROR_FILE)
 
     # environment
@@ -440,11 +458,22 @@ class CellResults:
     """The exception the cell raised in the job (rebuilt, ``__cause__`` the remote traceback)."""
 
 
-def load_cell_results(outputs_zip: Path | None, error_json: Path | None) -> CellResults:
-    """Load a finished cell job's ``_ds_outputs.zip`` and ``_ds_error.json`` (either may be None)."""
+def output_path(name: str) -> str:
+    """The output file of variable ``name`` (``_manifest`` for the outputs manifest)."""
+    return f"{OUTPUTS_DIR}/{name}.{'json' if name == OUTPUTS_MANIFEST[:-5] else 'pkl'}"
+
+
+def is_cell_output(path: str) -> bool:
+    """Is ``path`` one of the files the runner writes for the magic (not a user's output file)?"""
+    return path in (OUTPUTS_ZIP, ERROR_FILE) or path.startswith(OUTPUTS_DIR + "/")
+
+
+def load_cell_results(outputs: Path | None, error_json: Path | None) -> CellResults:
+    """Load a finished cell job's outputs (the ``_ds_outputs`` dir or ``_ds_outputs.zip``) and
+    ``_ds_error.json`` (either may be None)."""
     res = CellResults()
-    if outputs_zip is not None and Path(outputs_zip).exists():
-        res.values, res.unpicklable = cellio.read_outputs(Path(outputs_zip))
+    if outputs is not None and Path(outputs).exists():
+        res.values, res.unpicklable = cellio.read_outputs(Path(outputs))
     if error_json is not None and Path(error_json).exists():
         res.error = cellio.load_error(Path(error_json))
     return res

@@ -40,7 +40,6 @@ import os
 import sys
 import types
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import IO, Any
 
 import cloudpickle
@@ -81,7 +80,7 @@ _DEFLATE_LIMIT = 64 * 2**20
 _COPY_CHUNK = 2**20
 
 _THIS_FILE = os.path.normcase(os.path.abspath(__file__))
-_job_dir: Path | None = None
+_job_dir: str | None = None
 
 
 class _JobDirError(Exception):
@@ -93,7 +92,7 @@ def report_progress(message: str, progress: float | None = None) -> None:
     record: dict[str, Any] = {"message": str(message)}
     if progress is not None:
         record["progress"] = round(min(100.0, max(0.0, float(progress))))
-    path = (_job_dir or Path.cwd()) / PROGRESS_FILE
+    path = os.path.join(_job_dir or os.getcwd(), PROGRESS_FILE)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
@@ -187,15 +186,15 @@ def error_record(exc: BaseException, cell_filename: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- files
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def _write_json(path: str, data: Any) -> None:
+    tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, ensure_ascii=False, indent=1)
     os.replace(tmp, path)
 
 
-def _read_manifest(job_dir: Path) -> dict[str, Any]:
-    path = job_dir / MANIFEST_FILE
+def _read_manifest(job_dir: str) -> dict[str, Any]:
+    path = os.path.join(job_dir, MANIFEST_FILE)
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
@@ -232,7 +231,7 @@ class _HashingWriter:
         return self._f.write(b)
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path: str) -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -242,7 +241,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _dump(value: Any, path: Path, hashed: bool = True) -> str:
+def _dump(value: Any, path: str, hashed: bool = True) -> str:
     """Pickle ``value`` to ``path`` (streaming); returns the sha256 ("" unless ``hashed``).
     Leaves no file on error."""
     try:
@@ -250,7 +249,7 @@ def _dump(value: Any, path: Path, hashed: bool = True) -> str:
             w = _HashingWriter(f) if hashed else f
             cloudpickle.dump(value, w, protocol=cloudpickle.DEFAULT_PROTOCOL)
     except BaseException:
-        path.unlink(missing_ok=True)
+        _unlink(path)
         raise
     return w.sha.hexdigest() if isinstance(w, _HashingWriter) else ""
 
@@ -263,10 +262,10 @@ class _Loaded:
 
     def __init__(self) -> None:
         self.objects: dict[str, Any] = {}
-        self.files: dict[str, Path] = {}
+        self.files: dict[str, str] = {}
 
 
-def _load_inputs(job_dir: Path, manifest: Mapping[str, Any], ns: dict[str, Any], loaded: _Loaded) -> None:
+def _load_inputs(job_dir: str, manifest: Mapping[str, Any], ns: dict[str, Any], loaded: _Loaded) -> None:
     input_files: Mapping[str, str] = manifest.get("input_files") or {}
     for name, module_name in (manifest.get("modules") or {}).items():
         try:
@@ -275,14 +274,15 @@ def _load_inputs(job_dir: Path, manifest: Mapping[str, Any], ns: dict[str, Any],
             _add_note(e, f"(while importing module {module_name!r} as input variable {name!r} of the cell)")
             raise
     for name in manifest.get("inputs") or ():
-        path = job_dir / input_files.get(name, f"{INPUTS_DIR}/{name}.pkl")
-        if not path.is_file() and name not in input_files and (job_dir / f"{name}.pkl").is_file():
-            path = job_dir / f"{name}.pkl"
+        path = os.path.join(job_dir, input_files.get(name, f"{INPUTS_DIR}/{name}.pkl"))
+        top = os.path.join(job_dir, f"{name}.pkl")
+        if not os.path.isfile(path) and name not in input_files and os.path.isfile(top):
+            path = top
         try:
             with open(path, "rb") as f:
                 value = cloudpickle.load(f)
         except BaseException as e:
-            _add_note(e, f"(while loading input variable {name!r} of the cell from {path.name})")
+            _add_note(e, f"(while loading input variable {name!r} of the cell from {os.path.basename(path)})")
             raise
         ns[name] = loaded.objects[name] = value
         loaded.files[name] = path
@@ -299,14 +299,13 @@ def _output_names(manifest: Mapping[str, Any], ns: Mapping[str, Any]) -> list[st
     ]
 
 
-def _write_outputs(
-    job_dir: Path, manifest: Mapping[str, Any], ns: Mapping[str, Any], loaded: _Loaded
-) -> None:
-    out = job_dir / OUTPUTS_DIR
-    import shutil
+def _write_outputs(job_dir: str, manifest: Mapping[str, Any], ns: Mapping[str, Any], loaded: _Loaded) -> None:
+    out = os.path.join(job_dir, OUTPUTS_DIR)
+    if os.path.exists(out):
+        import shutil
 
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+        shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
     written: list[str] = []
     unpicklable: dict[str, str] = {}
     missing: list[str] = []
@@ -319,7 +318,7 @@ def _write_outputs(
             missing.append(name)
             continue
         value = ns[name]
-        path = out / f"{name}.pkl"
+        path = os.path.join(out, f"{name}.pkl")
         # An input the cell did not rebind is returned (without a list) only if it was mutated:
         # only then is the pickle hashed, to compare it with the input's.
         unchanged = not explicit and name in loaded.files and loaded.objects[name] is value
@@ -329,25 +328,36 @@ def _write_outputs(
             unpicklable[name] = f"{type(e).__name__}: {e}"
             continue
         if unchanged and sha == _sha256_file(loaded.files[name]):
-            path.unlink()
+            _unlink(path)
             continue
         written.append(name)
-    _write_json(out / OUTPUTS_MANIFEST, {"outputs": written, "unpicklable": unpicklable, "missing": missing})
-    _zip_dir(out, job_dir / OUTPUTS_ZIP)
+    _write_json(
+        os.path.join(out, OUTPUTS_MANIFEST),
+        {"outputs": written, "unpicklable": unpicklable, "missing": missing},
+    )
+    # A job that declares each output file on its own (the magic does) needs no ZIP of them.
+    if manifest.get("zip_outputs", True):
+        _zip_dir(out, os.path.join(job_dir, OUTPUTS_ZIP))
 
 
-def _zip_dir(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(dest.name + ".tmp")
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _zip_dir(src: str, dest: str) -> None:
+    tmp = dest + ".tmp"
     import zipfile
 
     with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
-        for path in sorted(src.iterdir()):
-            if not path.is_file():
+        for name in sorted(os.listdir(src)):
+            path = os.path.join(src, name)
+            if not os.path.isfile(path):
                 continue
-            big = path.stat().st_size > _DEFLATE_LIMIT
+            big = os.path.getsize(path) > _DEFLATE_LIMIT
             zf.write(
                 path,
-                path.name,
+                name,
                 compress_type=zipfile.ZIP_STORED if big else zipfile.ZIP_DEFLATED,
                 compresslevel=None if big else 1,
             )
@@ -408,22 +418,23 @@ def main(argv: list[str] | None = None) -> int:
     """Run the cell of the job dir ``argv[0]`` (default: the current directory)."""
     global _job_dir
     args = sys.argv[1:] if argv is None else argv
-    job_dir = Path(args[0] if args else os.getcwd()).resolve()
+    job_dir = os.path.realpath(args[0] if args else os.getcwd())
     _job_dir = job_dir
     _line_buffered((sys.stdout, sys.stderr))
     # ``import _ds_runner`` in the cell gets this module, not a second copy.
     this = sys.modules.get(__name__)
     if this is not None:
         sys.modules.setdefault("_ds_runner", this)
-    if str(job_dir) not in sys.path:
-        sys.path.insert(0, str(job_dir))
-    (job_dir / ERROR_FILE).unlink(missing_ok=True)
+    if job_dir not in sys.path:
+        sys.path.insert(0, job_dir)
+    _unlink(os.path.join(job_dir, ERROR_FILE))
 
     try:
         manifest = _read_manifest(job_dir)
-        cell_path = job_dir / CELL_FILE
+        cell_path = os.path.join(job_dir, CELL_FILE)
         try:
-            source = cell_path.read_text(encoding="utf-8")
+            with open(cell_path, encoding="utf-8") as f:
+                source = f.read()
         except FileNotFoundError:
             raise _JobDirError(f"{cell_path}: no cell source") from None
     except _JobDirError as e:
@@ -450,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if error is not None:
         record = error_record(error, cell_filename)
-        _write_json(job_dir / ERROR_FILE, record)
+        _write_json(os.path.join(job_dir, ERROR_FILE), record)
         sys.stderr.write(record["formatted"])
     # Like a notebook, what the cell bound before it raised is kept (and returned).
     try:
