@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from jupyter_ds_jobs._proto import jobs_pb2
@@ -390,9 +391,17 @@ def upload_files(
 
 
 def _get_into(
-    url: str, f: object, start: int, size: int | None, tracker: ProgressTracker, timeout: float, name: str
+    url: str,
+    f: object,
+    start: int,
+    size: int | None,
+    tracker: ProgressTracker,
+    timeout: float,
+    name: str,
+    hasher: _Digest | None = None,
 ) -> int:
-    """GET ``url`` from byte ``start`` appending to ``f``; return the bytes now in ``f``."""
+    """GET ``url`` from byte ``start`` appending to ``f`` (and to ``hasher``, when given);
+    return the bytes now in ``f``."""
     assert hasattr(f, "write") and hasattr(f, "truncate") and hasattr(f, "seek")
     conn, target = _connection(url, timeout)
     try:
@@ -406,11 +415,15 @@ def _get_into(
             f.seek(0)
             f.truncate()
             start = 0
+            if hasher is not None:
+                hasher.reset()
         elif resp.status not in (200, 206):
             raise _http_error(resp.status, resp.read(), f"download of {name}")
         got = start
         while chunk := resp.read(CHUNK):
             f.write(chunk)
+            if hasher is not None:
+                hasher.update(chunk)
             got += len(chunk)
             tracker.add(len(chunk), name)
         length = resp.getheader("Content-Length")
@@ -419,6 +432,32 @@ def _get_into(
         return got
     finally:
         conn.close()
+
+
+class _Digest:
+    """A resettable sha256."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self._h.update(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+    def rehash(self, f: BinaryIO, n: int) -> None:
+        """Restart from the first ``n`` bytes of ``f``; leaves ``f`` positioned at ``n``."""
+        self.reset()
+        f.seek(0)
+        left = n
+        while left > 0 and (block := f.read(min(CHUNK, left))):
+            self.update(block)
+            left -= len(block)
+        f.seek(n)
 
 
 def download_url(
@@ -443,19 +482,23 @@ def download_url(
     tmp = Path(tmp_name)
     counted = 0
     try:
+        # The sha256 is taken as the bytes arrive (no second read of the file); a resumed
+        # transfer rehashes what it keeps.
+        h = _Digest()
         with os.fdopen(fd, "w+b") as f:
             got = 0
             delay = 0.2
             for attempt in range(retries + 1):
                 try:
                     before = tr.done_bytes
-                    got = _get_into(url, f, got, size, tr, timeout, dest.name)
+                    got = _get_into(url, f, got, size, tr, timeout, dest.name, h)
                     counted += tr.done_bytes - before
                     break
                 except (OSError, http.client.HTTPException) as e:
                     counted += tr.done_bytes - before
                     f.flush()
                     got = f.tell()
+                    h.rehash(f, got)
                     if attempt == retries:
                         raise Unavailable(
                             f"download of {dest.name} failed after {retries + 1} attempts "
@@ -463,19 +506,12 @@ def download_url(
                         ) from None
                     time.sleep(delay)
                     delay *= 2
-            f.flush()
-            os.fsync(f.fileno())
         if size is not None and got != size:
             raise DsJobsError(f"download of {dest.name}: got {got} bytes, expected {size}")
-        if sha256:
-            h = hashlib.sha256()
-            with open(tmp, "rb") as rf:
-                while block := rf.read(CHUNK):
-                    h.update(block)
-            if h.hexdigest() != sha256:
-                raise DsJobsError(
-                    f"download of {dest.name}: sha256 {h.hexdigest()} differs from the expected {sha256}"
-                )
+        if sha256 and h.hexdigest() != sha256:
+            raise DsJobsError(
+                f"download of {dest.name}: sha256 {h.hexdigest()} differs from the expected {sha256}"
+            )
         os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
