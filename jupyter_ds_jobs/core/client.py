@@ -513,7 +513,13 @@ class JobsClient:
         rc: int | None = None
         if op.HasField("response") and op.response.Unpack(resp):
             rc = int(resp.result.return_code)  # proto3: an absent result is return code 0
-        job = self.get(job_id)
+        meta = pjs_pb2.ExecuteProjectJobMetadata()
+        # The done operation carries the finished job (the deprecated field every server fills);
+        # ask for it only when it is missing.
+        if op.metadata.Unpack(meta) and meta.job.id == job_id and meta.job.status in FINAL_STATUSES:
+            job = meta.job
+        else:
+            job = self.get(job_id)
         return ExecuteResult(job, rc, list(resp.output_files), list(resp.output_files_errors), op)
 
     def run(

@@ -194,7 +194,7 @@ def _site_dirs() -> tuple[Path, ...]:
 
 def invalidate_caches() -> None:
     """Forget what is known of installed distributions (after a ``pip install`` in the kernel)."""
-    for cached in (_packages_distributions, _distributions, _dist_files, _site_dirs):
+    for cached in (_packages_distributions, _distributions, _dist_files, _site_dirs, _pin):
         cached.cache_clear()
     importlib.invalidate_caches()
 
@@ -269,7 +269,9 @@ def _distributions_for(top: str, dotted: Iterable[str]) -> list[importlib.metada
     return [dists[c] for c in candidates]
 
 
+@functools.cache
 def _pin(dist: importlib.metadata.Distribution) -> str:
+    """``Name==version`` (cached: reading METADATA parses an e-mail message every time)."""
     return f"{dist.metadata['Name']}=={dist.version}"
 
 
@@ -381,7 +383,8 @@ def requirements_for_modules(
         if not found:
             unresolved.add(top)
         for dist in found:
-            pins.setdefault(_canonical(dist.metadata["Name"]), _pin(dist))
+            pin = _pin(dist)
+            pins.setdefault(_canonical(pin.partition("==")[0]), pin)
     return [pins[k] for k in sorted(pins)], sorted(unresolved)
 
 
