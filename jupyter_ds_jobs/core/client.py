@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -674,8 +675,8 @@ class JobsClient:
         dest = Path(dest)
         total = sum(sf.file.size_bytes for sf in files)
         tracker = transfer.ProgressTracker("download", total, len(files), progress)
-        out: builtins.list[Path] = []
-        for sf in files:
+
+        def one(sf: jobs_pb2.StorageFile) -> Path:
             f = sf.file
             target = local_target(dest, f.desc.path or f.desc.var or f.sha256)
             zipped = f.compression_type == jobs_pb2.ZIP
@@ -691,7 +692,13 @@ class JobsClient:
                     target = target.with_name(target.name + ".zip")
                 transfer.download_url(sf.url, target, size=f.size_bytes, sha256=f.sha256, tracker=tracker)
             tracker.add(0, target.name, file_done=True)
-            out.append(target)
+            return target
+
+        if len(files) > 1:  # a few at once, like uploads
+            with ThreadPoolExecutor(max_workers=min(transfer.PARALLEL, len(files))) as pool:
+                out = list(pool.map(one, files))
+        else:
+            out = [one(sf) for sf in files]
         tracker.finish()
         return out
 

@@ -63,6 +63,10 @@ RETRIES = 3
 MAX_CACHED_ZIP_BYTES = 4 * 2**30
 
 
+#: Files transferred at once.
+PARALLEL = 4
+
+
 def cache_dir() -> Path:
     """The client cache (``DS_JOBS_CACHE_DIR``, else ``$XDG_CACHE_HOME/jupyter_ds_jobs``)."""
     env = os.environ.get("DS_JOBS_CACHE_DIR")
@@ -360,7 +364,7 @@ def _retrying(fn: Callable[[], None], what: str, retries: int = RETRIES) -> None
 def upload_files(
     items: Iterable[tuple[str, PreparedFile]],
     *,
-    parallel: int = 4,
+    parallel: int = PARALLEL,
     progress: ProgressCallback | None = None,
     timeout: float = HTTP_TIMEOUT,
 ) -> int:
