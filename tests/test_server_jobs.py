@@ -506,3 +506,16 @@ def test_plain_commands_run_without_a_shell_and_shell_syntax_with_one(api: Api, 
     assert job.status == S.SUCCESS
     job, op = api.run(api.create("no-such-command-here x"))
     assert execute_response(op).result.return_code == 127
+
+
+def test_an_output_symlinked_out_of_the_job_dir_is_not_collected(api: Api, tmp_path: Path) -> None:
+    secret = tmp_path / "outside.txt"
+    secret.write_text("server file")
+    job_id = api.create(f"ln -s {secret} out.txt; echo ok > fine.txt", outputs=[("out.txt", ""), ("fine.txt", "")])
+    job, op = api.run(job_id)
+    assert job.status == S.SUCCESS
+    resp = execute_response(op)
+    assert [f.file.desc.path for f in resp.output_files] == ["fine.txt"]
+    [err] = resp.output_files_errors
+    assert err.output_file_desc.path == "out.txt" and err.type == S.FileUploadError.UPLOAD_FAILED
+    assert "escapes the job directory" in err.description

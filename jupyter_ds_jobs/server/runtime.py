@@ -455,7 +455,16 @@ class JobManager:
         refs: list[FileRef] = []
         errors: list[jobs_pb2.FileUploadError] = []
         for d in job.job_parameters.output_files:
-            src = place(workdir, d.path, d.var, "outputs")
+            try:
+                src = place(workdir, d.path, d.var, "outputs")
+            except FailedPrecondition as e:  # e.g. the job made the output a symlink out of its dir
+                jl.system(f"output file {d.path!r} not collected: {e}")
+                errors.append(
+                    jobs_pb2.FileUploadError(
+                        output_file_desc=d, description=str(e), type=S.FileUploadError.UPLOAD_FAILED
+                    )
+                )
+                continue
             if src.is_dir():
                 ref = await asyncio.to_thread(self._add_dir, src, d)
             elif src.is_file():
