@@ -158,7 +158,8 @@ def main() -> int:
         try:
             shell = InteractiveShell.instance()
             magics = DsJobsMagics(shell)
-            magics.client = JobsClient(conn["endpoint"], conn["token"])
+            # the embedded-server flow: found through its connection file, blobs read locally
+            magics.client = JobsClient.connect(state_dir=tmp / "state", start=False)
             shell.register_magics(magics)
 
             def cell(code: str, name: str) -> Callable[[], None]:

@@ -455,3 +455,24 @@ def test_datasphere_profile_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> No
     assert c.operation_endpoint == "operation.api.cloud.yandex.net:443"
     assert ("authorization", "Bearer iam") in c._md and any(k == "x-client-version" for k, _ in c._md)
     c.close()
+
+
+def test_a_same_machine_server_hands_files_over_without_http(server: Any, tmp_path: Path) -> None:
+    """The embedded server's client copies finished outputs straight from the blob store."""
+    client = JobsClient.connect(state_dir=Path(server.info.state_dir), start=False)
+    assert client.local_blobs == Path(server.info.state_dir) / "blobs"
+    p, files = script_job(tmp_path, "open('out.bin', 'wb').write(b'x' * 100000)\n")
+    p.output_files.add(path="out.bin")
+    result = client.run(client.create(p, files))
+    [sf] = result.output_files
+    dead = jobs_pb2.StorageFile(file=sf.file, url="http://127.0.0.1:9/nothing-listens-here")
+    [got] = client.download_storage_files([dead], tmp_path / "local")
+    assert got.read_bytes() == b"x" * 100000
+    got.write_bytes(b"changed")  # a copy: the server's store is untouched
+    assert client._local_blob(sf.file) is not None
+    # A blob that is not whole here goes over HTTP (and is verified there)
+    other = JobsClient(server.info.endpoint, server.info.token, local_blobs=tmp_path / "empty")
+    [again] = other.download_storage_files([sf], tmp_path / "http")
+    assert again.read_bytes() == b"x" * 100000
+    client.close()
+    other.close()

@@ -38,6 +38,7 @@ from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, ops_grpc, ops_pb2, pjs_grpc
 from jupyter_ds_jobs._version import __version__
 from jupyter_ds_jobs.core import transfer
 from jupyter_ds_jobs.core.config import Settings
+from jupyter_ds_jobs.core.connection import blob_path
 from jupyter_ds_jobs.core.errors import (
     DsJobsError,
     FailedPrecondition,
@@ -176,6 +177,7 @@ class JobsClient:
         timeout: float = 30.0,
         retry_seconds: float = 8.0,
         upload_parallel: int = 4,
+        local_blobs: Path | None = None,
     ) -> None:
         target, scheme_tls = parse_endpoint(endpoint)
         self.endpoint = target
@@ -184,6 +186,9 @@ class JobsClient:
         self.timeout = timeout
         self.retry_seconds = retry_seconds
         self.upload_parallel = upload_parallel
+        # The blob dir of a job server on this machine (the embedded one): downloads copy from it
+        # instead of going through HTTP. Its content was checked by the server when stored.
+        self.local_blobs = local_blobs
         self.last_create: CreateStats | None = None
         md = [("x-client-version", f"jupyter_ds_jobs/{__version__}")]
         if token:
@@ -251,7 +256,12 @@ class JobsClient:
         info = ensure_server(state_dir) if start else find_server(state_dir)
         if info is None:
             raise Unavailable("no local job server is running; start one with `jupyter ds-jobs server`")
-        return cls(info.endpoint, info.token, project_id=project or "local")
+        return cls(
+            info.endpoint,
+            info.token,
+            project_id=project or "local",
+            local_blobs=Path(info.state_dir) / "blobs",
+        )
 
     @classmethod
     def datasphere(cls, token: str | None = None, project_id: str = "") -> JobsClient:
@@ -658,6 +668,16 @@ class JobsClient:
         """Download an :class:`ExecuteResult`'s outputs (their URLs came with the operation)."""
         return self.download_storage_files(result.output_files, dest, extract=extract, progress=progress)
 
+    def _local_blob(self, f: jobs_pb2.File) -> Path | None:
+        """The blob of ``f`` in a same-machine server's store, when it is there whole."""
+        if self.local_blobs is None or len(f.sha256) != 64:
+            return None
+        path = blob_path(self.local_blobs, f.sha256)
+        try:
+            return path if path.stat().st_size == f.size_bytes else None
+        except OSError:
+            return None
+
     def download_storage_files(
         self,
         files: Sequence[jobs_pb2.StorageFile],
@@ -676,13 +696,21 @@ class JobsClient:
         total = sum(sf.file.size_bytes for sf in files)
         tracker = transfer.ProgressTracker("download", total, len(files), progress)
 
+        def fetch(sf: jobs_pb2.StorageFile, target: Path) -> None:
+            f = sf.file
+            local = self._local_blob(f)
+            if local is not None:
+                transfer.copy_local(local, target, tracker=tracker)
+            else:
+                transfer.download_url(sf.url, target, size=f.size_bytes, sha256=f.sha256, tracker=tracker)
+
         def one(sf: jobs_pb2.StorageFile) -> Path:
             f = sf.file
             target = local_target(dest, f.desc.path or f.desc.var or f.sha256)
             zipped = f.compression_type == jobs_pb2.ZIP
             if zipped and extract:
                 tmp = target.parent / f".{target.name}.download.zip"
-                transfer.download_url(sf.url, tmp, size=f.size_bytes, sha256=f.sha256, tracker=tracker)
+                fetch(sf, tmp)
                 try:
                     _extract_output(tmp, target)
                 finally:
@@ -690,7 +718,7 @@ class JobsClient:
             else:
                 if zipped:
                     target = target.with_name(target.name + ".zip")
-                transfer.download_url(sf.url, target, size=f.size_bytes, sha256=f.sha256, tracker=tracker)
+                fetch(sf, target)
             tracker.add(0, target.name, file_done=True)
             return target
 

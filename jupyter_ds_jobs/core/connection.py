@@ -21,6 +21,7 @@ from jupyter_ds_jobs.core.errors import FailedPrecondition
 __all__ = [
     "CONNECTION_FILE_NAME",
     "ConnectionInfo",
+    "blob_path",
     "default_state_dir",
     "pid_alive",
     "runtime_dir",
@@ -53,6 +54,12 @@ def default_state_dir() -> Path:
         return Path(jupyter_data_dir()) / "ds-jobs"
     except ImportError:  # pragma: no cover
         return Path.home() / ".local" / "share" / "jupyter" / "ds-jobs"
+
+
+def blob_path(blob_root: Path, sha256: str) -> Path:
+    """Where the job server keeps the blob ``sha256`` under its ``blobs`` dir (one layout for the
+    server and for clients on the same machine)."""
+    return blob_root / sha256[:2] / sha256
 
 
 def pid_alive(pid: int) -> bool:

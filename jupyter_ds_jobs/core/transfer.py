@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import shutil
 import ssl
 import tempfile
 import threading
@@ -462,6 +463,28 @@ class _Digest:
             self.update(block)
             left -= len(block)
         f.seek(n)
+
+
+def copy_local(src: Path, dest: Path, *, tracker: ProgressTracker | None = None) -> Path:
+    """Copy a blob of a job server on this machine to ``dest`` (kernel-side copy, temp + rename).
+
+    A copy, not a link: changing the downloaded file must never change the server's store.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if tracker is not None:
+        tracker.add(dest.stat().st_size, dest.name)
+    return dest
 
 
 def download_url(

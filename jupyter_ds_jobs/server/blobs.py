@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlencode
 
+from jupyter_ds_jobs.core.connection import blob_path
 from jupyter_ds_jobs.core.errors import InvalidArgument, NotFound, PermissionDenied
 
 __all__ = ["SHA256_RE", "BlobStore", "BlobWriter"]
@@ -97,7 +98,7 @@ class BlobStore:
     def path(self, sha: str) -> Path:
         if not SHA256_RE.match(sha):
             raise InvalidArgument(f"{sha!r} is not a lowercase hex sha256", field="sha256")
-        return self.root / sha[:2] / sha
+        return blob_path(self.root, sha)
 
     def exists(self, sha: str) -> bool:
         return self.path(sha).is_file()
