@@ -154,7 +154,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-magic-") as tmp_name:
         tmp = Path(tmp_name)
         os.environ["DS_JOBS_CONFIG"] = str(tmp / "ds_jobs.json")
-        proc, conn = start_server(tmp / "state")
+        proc, _conn = start_server(tmp / "state")
         try:
             shell = InteractiveShell.instance()
             magics = DsJobsMagics(shell)
