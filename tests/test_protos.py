@@ -131,3 +131,23 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
         assert filecmp.cmp(tmp_path / rel, committed / rel, shallow=False), (
             f"{rel} is stale: run scripts/gen_protos.py"
         )
+
+
+def test_project_service_subset_matches_the_official_fields() -> None:
+    """ProjectService.Get and the Project fields we serve have the official numbers and types."""
+    from yandex.cloud.datasphere.v2 import project_pb2 as sdk_project
+    from yandex.cloud.datasphere.v2 import project_service_pb2 as sdk_ps
+
+    ours = {f.number: (f.name, f.type) for f in _proto.project_pb2.Project.DESCRIPTOR.fields}
+    theirs = {f.number: (f.name, f.type) for f in sdk_project.Project.DESCRIPTOR.fields}
+    assert ours.items() <= theirs.items()
+    assert set(theirs) - set(ours) == {7, 8}  # settings, limits: not kept locally
+    req = _proto.ps_pb2.GetProjectRequest.DESCRIPTOR
+    assert [(f.number, f.name, f.type) for f in req.fields] == [
+        (f.number, f.name, f.type) for f in sdk_ps.GetProjectRequest.DESCRIPTOR.fields
+    ]
+    ours_get = _proto.ps_pb2.DESCRIPTOR.services_by_name["ProjectService"].methods_by_name["Get"]
+    theirs_get = sdk_ps.DESCRIPTOR.services_by_name["ProjectService"].methods_by_name["Get"]
+    assert ours_get.full_name == theirs_get.full_name
+    assert ours_get.input_type.full_name == theirs_get.input_type.full_name
+    assert ours_get.output_type.full_name == theirs_get.output_type.full_name

@@ -138,3 +138,19 @@ def test_every_rpc_needs_the_bearer_token(server, token) -> None:  # type: ignor
     with pytest.raises(grpc.RpcError) as e:
         ops.Get(sdk_ops.GetOperationRequest(operation_id="x"), metadata=md)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_official_project_service_get_as_the_cli_calls_it(server) -> None:  # type: ignore[no-untyped-def]
+    from yandex.cloud.datasphere.v2 import project_service_pb2 as sdk_ps
+    from yandex.cloud.datasphere.v2 import project_service_pb2_grpc as sdk_ps_grpc
+
+    md = [("authorization", f"Bearer {server.info.token}")]
+    stub = sdk_ps_grpc.ProjectServiceStub(grpc.insecure_channel(server.info.endpoint))
+    project = stub.Get(sdk_ps.GetProjectRequest(project_id="p42"), metadata=md)
+    assert project.id == "p42" and project.community_id and project.HasField("created_at")
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Get(sdk_ps.GetProjectRequest(), metadata=md)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as e:  # the rest of ProjectService is not served locally
+        stub.List(sdk_ps.ListProjectsRequest(community_id="c"), metadata=md)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED

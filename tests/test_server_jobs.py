@@ -511,7 +511,9 @@ def test_plain_commands_run_without_a_shell_and_shell_syntax_with_one(api: Api, 
 def test_an_output_symlinked_out_of_the_job_dir_is_not_collected(api: Api, tmp_path: Path) -> None:
     secret = tmp_path / "outside.txt"
     secret.write_text("server file")
-    job_id = api.create(f"ln -s {secret} out.txt; echo ok > fine.txt", outputs=[("out.txt", ""), ("fine.txt", "")])
+    job_id = api.create(
+        f"ln -s {secret} out.txt; echo ok > fine.txt", outputs=[("out.txt", ""), ("fine.txt", "")]
+    )
     job, op = api.run(job_id)
     assert job.status == S.SUCCESS
     resp = execute_response(op)

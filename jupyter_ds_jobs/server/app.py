@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from jupyter_ds_jobs._proto import ops_grpc, pjs_grpc
+from jupyter_ds_jobs._proto import ops_grpc, pjs_grpc, ps_grpc
 from jupyter_ds_jobs._version import __version__
 from jupyter_ds_jobs.core.connection import (
     CONNECTION_FILE_NAME,
@@ -35,7 +35,14 @@ from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.http import make_http_server
 from jupyter_ds_jobs.server.logs import LogStore
 from jupyter_ds_jobs.server.runtime import JobManager
-from jupyter_ds_jobs.server.service import AuthInterceptor, Context, JobService, OperationService, recover
+from jupyter_ds_jobs.server.service import (
+    AuthInterceptor,
+    Context,
+    JobService,
+    OperationService,
+    ProjectService,
+    recover,
+)
 from jupyter_ds_jobs.server.store import Store
 from jupyter_ds_jobs.server.validation import DEFAULT_INSTANCE_TYPES
 
@@ -122,6 +129,7 @@ class JobServer:
         )
         pjs_grpc.add_ProjectJobServiceServicer_to_server(JobService(ctx), server)
         ops_grpc.add_OperationServiceServicer_to_server(OperationService(ctx), server)
+        ps_grpc.add_ProjectServiceServicer_to_server(ProjectService(ctx), server)
         host = self.opts.host
         bind = f"[{host}]" if ":" in host else host
         port = server.add_insecure_port(f"{bind}:{self.opts.port}")

@@ -23,7 +23,18 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import empty_pb2
 
-from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, ops_grpc, ops_pb2, pjs_grpc, pjs_pb2, status_pb2
+from jupyter_ds_jobs._proto import (
+    jobs_pb2,
+    op_pb2,
+    ops_grpc,
+    ops_pb2,
+    pjs_grpc,
+    pjs_pb2,
+    project_pb2,
+    ps_grpc,
+    ps_pb2,
+    status_pb2,
+)
 from jupyter_ds_jobs.core.errors import DsJobsError, FailedPrecondition, InvalidArgument, NotFound
 from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_FILE, SOURCE_OUT, LogStore
@@ -31,7 +42,7 @@ from jupyter_ds_jobs.server.runtime import FINAL, RUNNING, JobManager, job_statu
 from jupyter_ds_jobs.server.store import FileRef, OperationRow, Store
 from jupyter_ds_jobs.server.validation import check_parameters
 
-__all__ = ["AuthInterceptor", "JobService", "OperationService", "map_errors"]
+__all__ = ["AuthInterceptor", "JobService", "OperationService", "ProjectService", "map_errors"]
 
 S = jobs_pb2
 C = TypeVar("C", bound=type)
@@ -656,6 +667,26 @@ class OperationService(ops_grpc.OperationServiceServicer):  # type: ignore[misc]
             await self.ctx.manager.cancel(row.job_id, graceful=False, reason="operation cancelled")
             await self.ctx.manager.wait(row.job_id)
         return self.ctx.operation(row.id)
+
+
+@map_errors
+class ProjectService(ps_grpc.ProjectServiceServicer):  # type: ignore[misc]
+    """``ProjectService.Get``: what the official CLI asks after Execute (to print a job link).
+
+    Projects are implicit on the local server: any id names a project, created with its first job.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def Get(self, request: ps_pb2.GetProjectRequest, context: Any) -> project_pb2.Project:
+        if not request.project_id:
+            raise InvalidArgument("project_id is empty", field="project_id")
+        project = project_pb2.Project(
+            id=request.project_id, name=request.project_id, created_by_id="local", community_id="local"
+        )
+        _set_ts(project.created_at, self.ctx.store.project_first_seen(request.project_id) or time.time())
+        return project
 
 
 def recover(ctx: Context) -> list[str]:

@@ -197,6 +197,13 @@ class Store:
         )
         return [r[0] for r in self._db.execute(q, [now, *st])]
 
+    def project_first_seen(self, project_id: str) -> float | None:
+        """When the project's first job was created (projects are implicit on this server)."""
+        row = self._db.execute(
+            "SELECT MIN(created_at) FROM jobs WHERE project_id = ?", (project_id,)
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
     def set_execute_op(self, job_id: str, op_id: str | None) -> None:
         self._db.execute("UPDATE jobs SET execute_op = ? WHERE id = ?", (op_id, job_id))
 
