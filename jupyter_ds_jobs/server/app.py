@@ -32,6 +32,7 @@ from jupyter_ds_jobs.core.connection import (
     runtime_dir,
 )
 from jupyter_ds_jobs.server.blobs import BlobStore
+from jupyter_ds_jobs.server.executors import LocalExecutor, ZygoteExecutor
 from jupyter_ds_jobs.server.http import make_http_server
 from jupyter_ds_jobs.server.logs import LogStore
 from jupyter_ds_jobs.server.runtime import JobManager
@@ -66,6 +67,7 @@ class ServerOptions:
     sweep_interval: float = 60.0
     write_runtime_file: bool = True
     python_envs: bool = True
+    warm_start: bool = True  # cell jobs fork a warm interpreter (see executors/zygote.py)
 
 
 class JobServer:
@@ -101,6 +103,7 @@ class JobServer:
             sd / "projects",
             max_concurrent=self.opts.max_concurrent_jobs,
             environments=environments,
+            executor=ZygoteExecutor() if self.opts.warm_start else LocalExecutor(),
         )
         ttl = timedelta(days=self.opts.default_ttl_days) if self.opts.default_ttl_days else None
         return Context(
@@ -177,6 +180,9 @@ class JobServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.manager.shutdown()
+        close = getattr(self.manager.executor, "close", None)
+        if close is not None:
+            await close()
         if self._http is not None:
             self._http.stop()
         if self._grpc is not None:

@@ -12,6 +12,7 @@ import functools
 import hmac
 import inspect
 import json
+import os
 import re
 import secrets
 import shutil
@@ -716,10 +717,14 @@ def recover(ctx: Context) -> list[str]:
 
 
 def _group_is_job(pgid: int, job_id: str) -> bool:
-    """Is process ``pgid`` still the job's (not a reused pid)? Its environment says."""
+    """Is process ``pgid`` still the job's (not a reused pid)? Its environment says, or (for a
+    job forked from a warm interpreter, whose initial environment is the interpreter's) its
+    working directory inside the job's dir."""
     try:
         with open(f"/proc/{pgid}/environ", "rb") as f:
-            return f"DS_JOB_ID={job_id}".encode() in f.read().split(b"\0")
+            if f"DS_JOB_ID={job_id}".encode() in f.read().split(b"\0"):
+                return True
+        return f"/jobs/{job_id}/" in os.readlink(f"/proc/{pgid}/cwd") + "/"
     except OSError:
         return False
 
