@@ -570,6 +570,12 @@ def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         help="comma-separated instance types this server accepts (default: c1.4, c1.8, c1.32, g1.1, g2.1, ...)",
     )
+    p.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        help="start every cell job as a new Python instead of forking a warm interpreter",
+    )
     p.set_defaults(func=cmd_server)
     ssub = p.add_subparsers(dest="server_command", metavar="{status,stop}")
     st = ssub.add_parser(
@@ -623,6 +629,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         instance_types=types or tuple(DEFAULT_INSTANCE_TYPES),
         env_cache_cap_bytes=parse_size(args.env_cache_size) if args.env_cache_size else None,
         find_links=tuple(args.find_links),
+        warm_start=args.warm_start,
     )
     return run_server(opts)
 
