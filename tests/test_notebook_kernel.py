@@ -97,3 +97,42 @@ def test_attach_from_a_new_kernel(kernel_env: Path) -> None:
     assert "finished late" in out and "variables loaded: time, answer" in out
     assert text_of(second.cells[2]).strip() == "42 SUCCESS"
     nbformat.validate(second)
+
+
+def test_interrupting_a_real_kernel_cancels_the_job(kernel_env: Path, server: Any) -> None:
+    """A kernel interrupt (SIGINT from the kernel manager) while %%ds_job runs cancels the job
+    gracefully and the cell ends with KeyboardInterrupt; no job is left running."""
+    import time
+
+    import grpc
+    from jupyter_client.manager import start_new_kernel
+
+    from jupyter_ds_jobs._proto import jobs_pb2, pjs_pb2
+    from tests.jobhelpers import Api
+
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(kernel_env))
+    try:
+        kc.execute_interactive("%load_ext jupyter_ds_jobs", timeout=30)
+        msg_id = kc.execute(
+            "%%ds_job --name sleeper\nimport time\nprint('sleeping', flush=True)\ntime.sleep(120)\n"
+        )
+        api = Api(grpc.insecure_channel(server.info.endpoint), server.info.token)
+        deadline = time.monotonic() + 30
+        job = None
+        while job is None:
+            assert time.monotonic() < deadline, "the job never started"
+            running = api.jobs.List(
+                pjs_pb2.ListProjectJobRequest(filter="status IN (EXECUTING)"), metadata=api.md
+            ).jobs
+            job = running[0] if running else None
+            time.sleep(0.1)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kc.get_shell_msg(timeout=30)
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert api.wait_status(job.id, {jobs_pb2.CANCELLED}, timeout=30).status == jobs_pb2.CANCELLED
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
