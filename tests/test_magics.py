@@ -258,6 +258,36 @@ def test_interrupt_cancels_the_job(shell: InteractiveShell, magics: DsJobsMagics
     assert "done" not in shell.user_ns
 
 
+def test_a_second_interrupt_kills_a_job_that_ignores_the_graceful_signal(
+    shell: InteractiveShell, magics: DsJobsMagics
+) -> None:
+    def interrupt_twice() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            jobs = [j for j in magics.client.list(limit=1) if j.status == jobs_pb2.EXECUTING]
+            if jobs:
+                time.sleep(0.5)  # the cell has set its SIGTERM handler by now
+                os.kill(os.getpid(), signal.SIGINT)  # graceful: SIGTERM, which the job ignores
+                time.sleep(1.0)
+                os.kill(os.getpid(), signal.SIGINT)  # kill
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=interrupt_twice, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run(
+            shell,
+            "--graceful-timeout 120",
+            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)\n",
+        )
+    t.join(5)
+    assert time.monotonic() - t0 < 60  # killed, long before the 120 s graceful timeout
+    job = next(iter(magics.client.list(limit=1)))
+    assert job.status == jobs_pb2.CANCELLED
+
+
 # --------------------------------------------------------------------------- async, attach, line magics
 
 
