@@ -159,3 +159,25 @@ def test_recovery_recognises_a_forked_job_by_its_working_dir(tmp_path: Path) -> 
         proc.kill()
         proc.wait()
     assert sys.platform.startswith("linux")
+
+
+def test_startup_variables_make_a_job_start_plainly(tmp_path: Path) -> None:
+    """PYTHONHASHSEED and the like act when Python starts: a fork would ignore them."""
+    opts = ServerOptions(state_dir=tmp_path / "state", token="t", write_runtime_file=False)
+    with ServerThread(opts) as info:
+        api = Api(grpc.insecure_channel(info.endpoint), "t")
+        work = tmp_path / "w"
+        work.mkdir()
+        source = "import os\np = os.getppid()\nh = hash('reproducible')\n"
+        env = jobs_pb2.Environment(vars={"PYTHONHASHSEED": "0"})
+        _, op = api.run(cell_job(api, work, source, ["p", "h"], env=env))
+        v = outputs_of(api, op, tmp_path / "o1")
+        assert v["p"] == os.getpid()  # started by the server itself
+        expected = subprocess.run(
+            [sys.executable, "-c", "print(hash('reproducible'))"],
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert str(v["h"]) == expected

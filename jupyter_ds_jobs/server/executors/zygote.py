@@ -34,6 +34,8 @@ ZYGOTE_SCRIPT = str(Path(__file__).with_name("_zygote_main.py"))
 #: The script a zygote runs; the cell runner the magic ships.
 WARM_SCRIPTS = frozenset({"_ds_runner.py"})
 _STRIPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONINSPECT")
+#: Startup variables the forked child applies itself.
+_APPLIED_IN_CHILD = frozenset({"PYTHONPATH", "PYTHONUNBUFFERED"})
 
 
 class ZygoteError(Exception):
@@ -223,7 +225,15 @@ class ZygoteExecutor:
         argv = direct_argv(cmd, env.get("PATH", ""))
         if argv is None or len(argv) != 2 or argv[1] not in WARM_SCRIPTS:
             return None
-        return argv if os.path.basename(argv[0]).startswith("python") else None
+        if not os.path.basename(argv[0]).startswith("python"):
+            return None
+        # Variables that act when an interpreter starts (PYTHONHASHSEED, PYTHONWARNINGS, LD_PRELOAD,
+        # ...) would be silently ignored by a fork: such a job starts plainly.
+        for key, value in env.items():
+            startup = (key.startswith("PYTHON") and key not in _APPLIED_IN_CHILD) or key.startswith("LD_")
+            if startup and os.environ.get(key) != value:
+                return None
+        return argv
 
     async def _zygote(self, python: str) -> _Zygote:
         z = self._zygotes.get(python)
