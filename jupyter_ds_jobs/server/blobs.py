@@ -146,9 +146,6 @@ class BlobStore:
     def all(self) -> list[str]:
         return [p.name for p in self.root.glob("??/*") if SHA256_RE.match(p.name)]
 
-    def total_size(self) -> int:
-        return sum(p.stat().st_size for p in self.root.glob("??/*"))
-
     # -- signed URLs ----------------------------------------------------------
     def _sig(self, method: str, sha: str, exp: int, size: int | None) -> str:
         msg = f"{method}\n{sha}\n{exp}\n{'' if size is None else size}".encode()

@@ -85,7 +85,6 @@ class JobManager:
         max_concurrent: int = 2,
         executor: Executor | None = None,
         environments: object | None = None,
-        on_change: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -95,7 +94,6 @@ class JobManager:
         self.max_concurrent = max(1, max_concurrent)
         self.executor: Executor = executor or LocalExecutor()
         self.environments = environments
-        self.on_change = on_change or (lambda _job_id: None)
         self._runs: dict[str, _Run] = {}
         self._queue: list[str] = []
         self._active = 0
@@ -131,7 +129,6 @@ class JobManager:
         run = self._runs.get(job.id)
         if run is not None:
             self.store.touch_operation(run.op_id)
-        self.on_change(job.id)
 
     def _progress(self, job_id: str, message: str, pct: int) -> None:
         p = jobs_pb2.JobProgress(message=message, progress=max(0, min(100, pct)))
@@ -266,7 +263,6 @@ class JobManager:
             self._runs.pop(job_id, None)
             self.logs.finish(job_id)
             run.done.set()
-            self.on_change(job_id)
 
     def _finish(self, job_id: str, status: int, details: str) -> None:
         if self.store.get_job(job_id).status not in FINAL:

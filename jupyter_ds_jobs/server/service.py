@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import hmac
 import inspect
@@ -16,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import timedelta
@@ -692,9 +694,6 @@ class ProjectService(ps_grpc.ProjectServiceServicer):  # type: ignore[misc]
 
 def recover(ctx: Context) -> list[str]:
     """At start: jobs a dead server left running become ERROR, their leftover processes killed."""
-    import os
-    import signal
-
     interrupted = []
     for job in ctx.store.jobs_with_status([*RUNNING, S.CREATING]):
         op_id = ctx.store.execute_op(job.id)
@@ -703,7 +702,7 @@ def recover(ctx: Context) -> list[str]:
         was = job_status_name(job.status)
         pgid = ctx.store.pgid(job.id)
         if pgid and _group_is_job(pgid, job.id):
-            with _suppress():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
         job.status = S.ERROR
         job.status_details = f"interrupted: the job server stopped while the job was {was}"
@@ -727,11 +726,3 @@ def _group_is_job(pgid: int, job_id: str) -> bool:
         return f"/jobs/{job_id}/" in os.readlink(f"/proc/{pgid}/cwd") + "/"
     except OSError:
         return False
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
