@@ -199,10 +199,6 @@ def invalidate_caches() -> None:
     importlib.invalidate_caches()
 
 
-def _is_stdlib(top: str) -> bool:
-    return top in sys.stdlib_module_names or top in sys.builtin_module_names
-
-
 def _find_spec(name: str) -> importlib.machinery.ModuleSpec | None:
     """Spec of a top-level module without importing anything."""
     try:

@@ -24,7 +24,6 @@ server's content addressing dedupes an unchanged one: it is hashed again, never 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -477,15 +476,3 @@ def load_cell_results(outputs: Path | None, error_json: Path | None) -> CellResu
     if error_json is not None and Path(error_json).exists():
         res.error = cellio.load_error(Path(error_json))
     return res
-
-
-def describe_sizes(sizes: Mapping[str, int]) -> str:
-    """``a (1.0 KiB), b (3 B)`` for a summary line."""
-    return ", ".join(f"{n} ({cellio._human(s)})" for n, s in sizes.items())
-
-
-def manifest_of(staging: Path) -> dict[str, object]:
-    """The runner manifest written in ``staging`` (for tests and ``--dry-run`` style inspection)."""
-    with open(staging / MANIFEST_FILE, encoding="utf-8") as f:
-        data: dict[str, object] = json.load(f)
-    return data
