@@ -125,14 +125,35 @@ class TextView:
         self._t0 = time.monotonic()
         self.job_id = ""
         self._last_status = ""
+        # The job's stdout may stop mid-line (``print(..., end="")``, a line in pieces): a status
+        # line then waits for the job's line to end instead of cutting into it.
+        self._midline = False
+        self._held: list[str] = []
 
     def _say(self, text: str) -> None:
         if self.quiet:
             return
         label = f"{self.name} " if self.name else ""
         with self._lock:
-            self._out.write(f"[ds_job] {label}{text}\n")
+            line = f"[ds_job] {label}{text}\n"
+            if self._midline:
+                self._held.append(line)
+                return
+            self._out.write(line)
             self._out.flush()
+
+    def _end_line(self) -> None:
+        """Close the job's unfinished stdout line and let held status lines out (lock held)."""
+        if self._midline:
+            self._out.write("\n")
+            self._midline = False
+        self._release_held()
+
+    def _release_held(self) -> None:
+        if self._held:
+            self._out.write("".join(self._held))
+            self._held.clear()
+        self._out.flush()
 
     def started(self, job_id: str) -> None:
         self.job_id = job_id
@@ -151,22 +172,31 @@ class TextView:
         pass  # the status lines are enough in text; progress is for the bar
 
     def log(self, text: str, stderr: bool = False) -> None:
+        if not text:
+            return
         stream = self._err if stderr else self._out
         with self._lock:
             stream.write(text)
+            if not stderr:
+                self._midline = not text.endswith("\n")
+                if not self._midline:
+                    self._release_held()
             stream.flush()
 
     def note(self, text: str) -> None:
         self._say(text)
 
     def finished(self, summary: Summary) -> None:
+        with self._lock:
+            self._end_line()
         lines = summary.lines()
         self._say(f"job {self.job_id}: " + lines[0])
         for line in lines[1:]:
             self._say(line)
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            self._end_line()
 
 
 # --------------------------------------------------------------------------- widget

@@ -439,6 +439,30 @@ def test_text_view_writes_plain_streams() -> None:
     assert "[ds_job] t job dsj1: ERROR, return code 2" in out.getvalue()
 
 
+def test_text_view_never_cuts_into_a_line_of_the_job() -> None:
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    v = TextView("t", stdout=out, stderr=err)
+    v.log("job says")  # the line arrives in pieces...
+    v.status("EXECUTING")  # ...and a status line comes in between
+    v.log(" HELLO\n")
+    v.log("partial at the end")
+    v.finished(Summary("SUCCESS", 0, 0.5))
+    assert out.getvalue().splitlines() == [
+        "job says HELLO",
+        v_line(out, "[ds_job] t executing"),
+        "partial at the end",
+        "[ds_job] t job : SUCCESS, return code 0, 0.50 s",
+    ]
+
+
+def v_line(out: object, prefix: str) -> str:
+    """The one line of ``out`` that starts with ``prefix`` (its elapsed time varies)."""
+    [line] = [ln for ln in out.getvalue().splitlines() if ln.startswith(prefix)]  # type: ignore[attr-defined]
+    return line
+
+
 def test_file_spec_and_env_parsing() -> None:
     assert celljob.parse_file_spec("a/b.csv:DATA") == (Path("a/b.csv"), "DATA")
     assert celljob.parse_file_spec("C:/x.csv") == (Path("C:/x.csv"), "")
