@@ -521,3 +521,20 @@ def test_an_output_symlinked_out_of_the_job_dir_is_not_collected(api: Api, tmp_p
     [err] = resp.output_files_errors
     assert err.output_file_desc.path == "out.txt" and err.type == S.FileUploadError.UPLOAD_FAILED
     assert "escapes the job directory" in err.description
+
+
+def test_progress_reader_takes_complete_new_lines_only(tmp_path: Path) -> None:
+    from jupyter_ds_jobs.server.runtime import _ProgressReader
+
+    path = tmp_path / "job_progress.jsonl"
+    reader = _ProgressReader(path)
+    assert reader.latest() is None  # no file yet
+    path.write_text('{"message": "a", "progress": 10}\n{"message": "b", "progress": 20}\n{"message": "c"')
+    assert reader.latest() == ("b", 20)  # the last complete line; the partial one waits
+    assert reader.latest() is None  # nothing new
+    with open(path, "a") as f:
+        f.write(', "progress": 30}\nnot json\n')
+    assert reader.latest() == ("c", 30)  # completed; the malformed line is skipped
+    with open(path, "a") as f:
+        f.write("x" * (3 * _ProgressReader.MAX_LINE) + '\n{"message": "d", "progress": 40}\n')
+    assert reader.latest() == ("d", 40)  # an overlong line is dropped, not held

@@ -25,23 +25,26 @@ from pathlib import Path, PurePosixPath
 
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.core.errors import DsJobsError, FailedPrecondition
+from jupyter_ds_jobs.packaging.bundle import safe_extract, sha256_file, zip_path
 from jupyter_ds_jobs.server.blobs import BlobStore
+from jupyter_ds_jobs.server.environments import Environment, EnvironmentCache, EnvSpec
 from jupyter_ds_jobs.server.executors import Executor, LocalExecutor, RunningProcess
 from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_OUT, JobLog, LogStore
 from jupyter_ds_jobs.server.store import FileRef, Store
-from jupyter_ds_jobs.server.validation import PROJECT_HOME, is_safe_relpath
+from jupyter_ds_jobs.server.validation import CMD_VAR_RE, PROJECT_HOME, is_safe_relpath
 
-__all__ = ["FINAL", "RUNNING", "JobManager"]
+__all__ = ["ABORTED_CODE", "FINAL", "RUNNING", "JobManager"]
 
 log = logging.getLogger(__name__)
 
 S = jobs_pb2
 FINAL = frozenset({S.SUCCESS, S.ERROR, S.CANCELLED})
 RUNNING = frozenset({S.PREPARING, S.EXECUTING, S.UPLOADING_OUTPUT, S.CANCELLING})
-CANCELLED_CODE = 1  # google.rpc.Code.CANCELLED
+# google.rpc.Code values of an Execute operation's error
+CANCELLED_CODE = 1
 ABORTED_CODE = 10
 INTERNAL_CODE = 13
-FAILED_PRECONDITION_CODE = 9
+PROGRESS_FILE = "job_progress.jsonl"
 
 
 @dataclass
@@ -53,7 +56,7 @@ class _Run:
     cancel: str | None = None  # None | "graceful" | "hard"
     cancel_reason: str = ""
     response: bytes | None = None
-    environment: object | None = None
+    environment: Environment | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -84,7 +87,7 @@ class JobManager:
         *,
         max_concurrent: int = 2,
         executor: Executor | None = None,
-        environments: object | None = None,
+        environments: EnvironmentCache | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -257,8 +260,8 @@ class JobManager:
                 self._queue.remove(run.job_id)
             if got_slot:
                 await self._release_slot()
-            if run.environment is not None:
-                self._release_environment(run.environment)
+            if run.environment is not None and self.environments is not None:
+                self.environments.release(run.environment)
             self.store.finish_operation(run.op_id, response=run.response, error=error)
             self._runs.pop(job_id, None)
             self.logs.finish(job_id)
@@ -291,13 +294,14 @@ class JobManager:
         run.proc = await self.executor.start(cmd, workdir, env, sink)
         self.store.set_pgid(job.id, run.proc.pid)
         self._set_status(job.id, S.EXECUTING)
-        watcher = asyncio.ensure_future(self._watch_progress(job.id, workdir))
+        progress = _ProgressReader(workdir / PROGRESS_FILE)
+        watcher = asyncio.ensure_future(self._watch_progress(job.id, progress))
         try:
             code = await run.proc.wait()
         finally:
             watcher.cancel()
             self.store.set_pgid(job.id, None)
-        await self._read_progress(job.id, workdir, _ProgressCursor())
+        self._read_progress(job.id, progress)  # what the job wrote last
         jl.system(f"process exited with code {code}")
         if run.cancel is not None:
             reason = f"cancelled{': ' + run.cancel_reason if run.cancel_reason else ''}"
@@ -355,8 +359,6 @@ class JobManager:
 
     def _unpack(self, f: jobs_pb2.File, parent: Path, target: Path) -> None:
         """Extract a ZIP blob: into ``parent`` when its entries are rooted at target's name, else into target."""
-        from jupyter_ds_jobs.packaging.bundle import safe_extract
-
         src = self.blobs.path(f.sha256)
         with zipfile.ZipFile(src) as z:
             names = [n for n in z.namelist() if n]
@@ -380,10 +382,8 @@ class JobManager:
     async def _environment(
         self, run: _Run, job: jobs_pb2.Job, env: dict[str, str], jl: JobLog
     ) -> dict[str, str]:
-        from jupyter_ds_jobs.server.environments import EnvironmentCache, EnvSpec
-
         cache = self.environments
-        assert isinstance(cache, EnvironmentCache)
+        assert cache is not None
         spec = EnvSpec.from_proto(job.job_parameters.env.python_env)
         if cache.lookup(spec) is None:
             self._progress(job.id, "building the Python environment", 7)
@@ -393,42 +393,16 @@ class JobManager:
         run.environment = environment
         if time.monotonic() - t0 > 0.05:
             jl.system(f"environment ready in {time.monotonic() - t0:.2f}s")
-        result: dict[str, str] = environment.apply(env)
-        return result
-
-    def _release_environment(self, environment: object) -> None:
-        from jupyter_ds_jobs.server.environments import Environment, EnvironmentCache
-
-        if isinstance(self.environments, EnvironmentCache) and isinstance(environment, Environment):
-            self.environments.release(environment)
+        return environment.apply(env)
 
     # -- progress ------------------------------------------------------------
-    async def _watch_progress(self, job_id: str, workdir: Path) -> None:
-        cursor = _ProgressCursor()
+    async def _watch_progress(self, job_id: str, progress: _ProgressReader) -> None:
         while True:
             await asyncio.sleep(0.25)
-            await self._read_progress(job_id, workdir, cursor)
+            self._read_progress(job_id, progress)
 
-    async def _read_progress(self, job_id: str, workdir: Path, cursor: _ProgressCursor) -> None:
-        path = workdir / "job_progress.jsonl"
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return
-        if size <= cursor.pos:
-            return
-        with open(path, "rb") as f:
-            f.seek(cursor.pos)
-            data = f.read(size - cursor.pos)
-        end = data.rfind(b"\n")
-        if end < 0:
-            return
-        cursor.pos += end + 1
-        last = None
-        for line in data[: end + 1].splitlines():
-            with contextlib.suppress(ValueError, AttributeError):
-                obj = json.loads(line)
-                last = (str(obj.get("message", "")), int(obj.get("progress", 0)))
+    def _read_progress(self, job_id: str, progress: _ProgressReader) -> None:
+        last = progress.latest()
         if last is not None:
             self._progress(job_id, *last)
             run = self._runs.get(job_id)
@@ -481,8 +455,6 @@ class JobManager:
 
     def _add_file(self, src: Path) -> tuple[str, int]:
         """Hash a finished output in place, then hard-link it into the blob store (no copy)."""
-        from jupyter_ds_jobs.packaging.bundle import sha256_file
-
         sha = sha256_file(src)
         if not self.blobs.exists(sha):
             dest = self.blobs.path(sha)
@@ -496,8 +468,6 @@ class JobManager:
         return sha, src.stat().st_size
 
     def _add_dir(self, src: Path, d: jobs_pb2.FileDesc) -> FileRef:
-        from jupyter_ds_jobs.packaging.bundle import zip_path
-
         tmp = self.blobs.tmp / f"outzip-{os.getpid()}-{id(src)}.zip"
         try:
             sha, size = zip_path(src, tmp)
@@ -515,14 +485,43 @@ class JobManager:
         self.store.add_files(job_id, refs)
 
 
-@dataclass
-class _ProgressCursor:
-    pos: int = 0
+class _ProgressReader:
+    """Follows the job's ``job_progress.jsonl``: complete new lines only, read in bounded chunks."""
+
+    CHUNK = 64 * 1024
+    MAX_LINE = 1 << 20  # a longer "line" is dropped, never held whole
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pos = 0  # where the first line not yet read starts
+
+    def latest(self) -> tuple[str, int] | None:
+        """(message, progress) of the last well-formed line written since the previous call."""
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            return None
+        last = None
+        with f:
+            f.seek(self.pos)
+            buf = b""
+            while chunk := f.read(self.CHUNK):
+                buf += chunk
+                end = buf.rfind(b"\n")
+                if end >= 0:
+                    for line in buf[: end + 1].splitlines():
+                        with contextlib.suppress(ValueError, AttributeError, TypeError):
+                            obj = json.loads(line)
+                            last = (str(obj.get("message", "")), int(obj.get("progress", 0)))
+                    self.pos += end + 1
+                    buf = buf[end + 1 :]
+                elif len(buf) > self.MAX_LINE:
+                    self.pos += len(buf)
+                    buf = b""
+        return last
 
 
 def substitute(cmd: str, values: dict[str, str]) -> str:
-    from jupyter_ds_jobs.server.validation import CMD_VAR_RE
-
     return CMD_VAR_RE.sub(lambda m: values.get(m.group(1), m.group(0)), cmd)
 
 

@@ -40,8 +40,9 @@ from jupyter_ds_jobs._proto import (
 )
 from jupyter_ds_jobs.core.errors import DsJobsError, FailedPrecondition, InvalidArgument, NotFound
 from jupyter_ds_jobs.server.blobs import BlobStore
+from jupyter_ds_jobs.server.environments import EnvironmentCache, EnvSpec
 from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_FILE, SOURCE_OUT, LogStore
-from jupyter_ds_jobs.server.runtime import FINAL, RUNNING, JobManager, job_status_name
+from jupyter_ds_jobs.server.runtime import ABORTED_CODE, FINAL, RUNNING, JobManager, job_status_name
 from jupyter_ds_jobs.server.store import FileRef, OperationRow, Store
 from jupyter_ds_jobs.server.validation import check_parameters
 
@@ -155,7 +156,7 @@ class Context:
         *,
         instance_types: Iterable[str],
         default_ttl: timedelta | None,
-        environments: Any = None,
+        environments: EnvironmentCache | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -247,8 +248,6 @@ class Context:
     def check_python(self, p: jobs_pb2.JobParameters) -> None:
         if self.environments is None:
             return
-        from jupyter_ds_jobs.server.environments import EnvSpec
-
         spec = EnvSpec.from_proto(p.env.python_env)
         self.environments.interpreter_for(spec.python_version)
 
@@ -400,11 +399,11 @@ def merge_overrides(base: jobs_pb2.JobParameters, o: jobs_pb2.JobParameters) -> 
     p.env.vars.update(o.env.vars)
     if o.env.HasField("python_env"):
         p.env.python_env.CopyFrom(o.env.python_env)
-    if o.env.WhichOneof("docker_image"):
-        which = o.env.WhichOneof("docker_image")
-        getattr(p.env, which).MergeFrom(getattr(o.env, which)) if which == "docker_image_spec" else None
-        if which == "docker_image_resource_id":
-            p.env.docker_image_resource_id = o.env.docker_image_resource_id
+    which = o.env.WhichOneof("docker_image")
+    if which == "docker_image_spec":
+        p.env.docker_image_spec.CopyFrom(o.env.docker_image_spec)
+    elif which == "docker_image_resource_id":
+        p.env.docker_image_resource_id = o.env.docker_image_resource_id
     for fld in ("extended_working_storage", "graceful_shutdown_parameters", "spark_parameters"):
         if o.HasField(fld):
             getattr(p, fld).CopyFrom(getattr(o, fld))
@@ -710,7 +709,7 @@ def recover(ctx: Context) -> list[str]:
         ctx.store.save_job(job)
         ctx.store.set_pgid(job.id, None)
         if op_id is not None:
-            ctx.store.finish_operation(op_id, error=(10, job.status_details))
+            ctx.store.finish_operation(op_id, error=(ABORTED_CODE, job.status_details))
         interrupted.append(job.id)
     return interrupted
 
