@@ -13,33 +13,37 @@ from pathlib import Path
 
 from jupyter_ds_jobs.server.executors.base import OutputSink
 
-__all__ = ["LocalExecutor", "LocalProcess"]
+__all__ = ["GroupProcess", "LocalExecutor", "LocalProcess", "pump"]
 
 SHELL = shutil.which("bash") or "/bin/sh"
 READ_CHUNK = 64 * 1024
 
 
-class LocalProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, sink: OutputSink) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        self.pgid = proc.pid  # start_new_session=True: the child leads its own group
-        assert proc.stdout is not None and proc.stderr is not None
+async def pump(stream: asyncio.StreamReader, source: int, sink: OutputSink) -> None:
+    """Hand what a job writes to ``stream`` to ``sink`` as it comes."""
+    while chunk := await stream.read(READ_CHUNK):
+        sink(source, chunk)
+
+
+class GroupProcess:
+    """A job that leads its own session: signals go to its whole process group, and when it
+    ends, what it left running in that group ends too. Subclasses say how its exit is known."""
+
+    def __init__(
+        self, pid: int, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader, sink: OutputSink
+    ) -> None:
+        self.pid = pid
+        self.pgid = pid
         self._pumps = [
-            asyncio.ensure_future(self._pump(proc.stdout, 1, sink)),
-            asyncio.ensure_future(self._pump(proc.stderr, 2, sink)),
+            asyncio.ensure_future(pump(stdout, 1, sink)),
+            asyncio.ensure_future(pump(stderr, 2, sink)),
         ]
 
-    @staticmethod
-    async def _pump(stream: asyncio.StreamReader, source: int, sink: OutputSink) -> None:
-        while True:
-            chunk = await stream.read(READ_CHUNK)
-            if not chunk:
-                return
-            sink(source, chunk)
+    async def _exit_code(self) -> int:
+        raise NotImplementedError
 
     async def wait(self) -> int:
-        code = await self.proc.wait()
+        code = await self._exit_code()
         # Children that keep the pipes open would hold the pumps forever: the job is over, end them.
         self.kill_all()
         with contextlib.suppress(asyncio.TimeoutError):
@@ -52,6 +56,18 @@ class LocalProcess:
 
     def kill_all(self) -> None:
         self.signal(signal.SIGKILL)
+
+
+class LocalProcess(GroupProcess):
+    """A job started as a subprocess of the server (``start_new_session``)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, sink: OutputSink) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        super().__init__(proc.pid, proc.stdout, proc.stderr, sink)
+        self.proc = proc
+
+    async def _exit_code(self) -> int:
+        return await self.proc.wait()
 
 
 _SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\\"'*?\[\]#~=%{}!\n]")

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_ds_jobs.server.executors.base import OutputSink
-from jupyter_ds_jobs.server.executors.local import READ_CHUNK, LocalExecutor, LocalProcess, direct_argv
+from jupyter_ds_jobs.server.executors.local import (
+    READ_CHUNK,
+    GroupProcess,
+    LocalExecutor,
+    LocalProcess,
+    direct_argv,
+)
 
 __all__ = ["ZygoteExecutor", "ZygoteProcess"]
 
@@ -42,48 +48,30 @@ class ZygoteError(Exception):
     """The zygote could not fork the job (the caller falls back to a plain start)."""
 
 
-class ZygoteProcess:
+class ZygoteProcess(GroupProcess):
     """A job forked by a zygote: the server reads its pipes; the zygote reports its exit."""
 
-    def __init__(self, pid: int, out_fd: int, err_fd: int, sink: OutputSink) -> None:
-        self.pid = pid
-        self.pgid = pid  # the child called setsid()
+    def __init__(
+        self, pid: int, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader, sink: OutputSink
+    ) -> None:
+        super().__init__(pid, stdout, stderr, sink)  # the child called setsid()
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pumps = [
-            asyncio.ensure_future(self._pump(out_fd, 1, sink)),
-            asyncio.ensure_future(self._pump(err_fd, 2, sink)),
-        ]
-
-    @staticmethod
-    async def _pump(fd: int, source: int, sink: OutputSink) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_CHUNK * 4)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-        )
-        try:
-            while chunk := await reader.read(READ_CHUNK):
-                sink(source, chunk)
-        finally:
-            transport.close()
 
     def exited(self, code: int) -> None:
         if not self._exit.done():
             self._exit.set_result(code)
 
-    async def wait(self) -> int:
-        code = await self._exit
-        self.kill_all()  # what the job left running in its session ends with it
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._pumps), 5)
-        return code
+    async def _exit_code(self) -> int:
+        return await self._exit
 
-    def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, signum)
 
-    def kill_all(self) -> None:
-        self.signal(signal.SIGKILL)
+async def _reader(fd: int) -> asyncio.StreamReader:
+    """An asyncio reader over the read end of a pipe (closed when the writer side ends)."""
+    reader = asyncio.StreamReader(limit=READ_CHUNK * 4)
+    await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    return reader
 
 
 class _Zygote:
@@ -196,7 +184,7 @@ class _Zygote:
                 os.close(fd)
             raise ZygoteError(msg["error"])
         pid = int(msg["pid"])
-        proc = ZygoteProcess(pid, out_r, err_r, sink)
+        proc = ZygoteProcess(pid, await _reader(out_r), await _reader(err_r), sink)
         early = self._early_exits.pop(pid, None)
         if early is not None:
             proc.exited(early)
