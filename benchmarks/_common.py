@@ -51,7 +51,10 @@ def self_peak_rss_mb() -> float:
     return peak_rss_mb(os.getpid())
 
 
-def median_time(fn: Callable[[], object], n: int) -> tuple[float, list[float]]:
+def median_time(fn: Callable[[], object], n: int, warmup: int = 0) -> tuple[float, list[float]]:
+    """(median seconds, every run) of ``n`` calls after ``warmup`` uncounted ones."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -60,7 +63,30 @@ def median_time(fn: Callable[[], object], n: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def row(name: str, ours: float, floor: float, unit: str = "ms", scale: float = 1000.0) -> None:
-    print(
-        f"{name:<48} ours {ours * scale:9.1f} {unit}   floor {floor * scale:9.1f} {unit}   ratio {ours / floor:6.2f}x"
+def paired(
+    ours: Callable[[], object], floor: Callable[[], object], runs: int, warmup: int = 1
+) -> tuple[float, float, float]:
+    """Run ``ours`` and ``floor`` alternately, so drift hits both alike:
+    (median ours, median floor, median of the pairwise ratios)."""
+    for _ in range(warmup):
+        ours()
+        floor()
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(runs):
+        for fn, out in ((ours, a), (floor, b)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return (
+        statistics.median(a),
+        statistics.median(b),
+        statistics.median(x / y for x, y in zip(a, b, strict=True)),
     )
+
+
+def row(
+    name: str, ours: float, floor: float, unit: str = "ms", scale: float = 1000.0, ratio: float | None = None
+) -> None:
+    r = ours / floor if ratio is None else ratio
+    print(f"{name:<48} ours {ours * scale:9.1f} {unit}   floor {floor * scale:9.1f} {unit}   ratio {r:6.2f}x")

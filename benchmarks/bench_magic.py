@@ -29,42 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import start_server
+from benchmarks._common import median_time, paired, start_server
 
 TRIVIAL = "x = sum(range(10**6))\n"
 SLEEPY = "import time, array\ntime.sleep(2)\narr = array.array('d', bytes(10 * 2**20))\n"
-
-
-def median_of(fn: Callable[[], object], runs: int, warmup: int = 1) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
-def paired(
-    ours: Callable[[], object], floor: Callable[[], object], runs: int, warmup: int = 1
-) -> tuple[float, float, float]:
-    """Run ``ours`` and ``floor`` alternately; (median ours, median floor, median of ratios)."""
-    for _ in range(warmup):
-        ours()
-        floor()
-    a: list[float] = []
-    b: list[float] = []
-    for _ in range(runs):
-        for fn, out in ((ours, a), (floor, b)):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return (
-        statistics.median(a),
-        statistics.median(b),
-        statistics.median(x / y for x, y in zip(a, b, strict=True)),
-    )
 
 
 def floor_run(code: str, out_name: str, work: Path) -> object:
@@ -183,14 +151,14 @@ def main() -> int:
             )
             print(f"    floor (subprocess) {m_floor * 1e3:8.1f} ms")
             if not args.quick:
-                m_nb, _ = median_of(lambda: nbclient_run(TRIVIAL), runs, warmup=0)
+                m_nb, _ = median_time(lambda: nbclient_run(TRIVIAL), runs, warmup=0)
                 print(f"    nbclient notebook  {m_nb * 1e3:8.1f} ms   {m_nb / m_floor:5.2f}x floor")
                 try:
                     import papermill  # noqa: F401
                 except ImportError:
                     print("    papermill          (not installed)")
                 else:
-                    m_pm, _ = median_of(lambda: papermill_run(TRIVIAL, tmp), runs, warmup=0)
+                    m_pm, _ = median_time(lambda: papermill_run(TRIVIAL, tmp), runs, warmup=0)
                     print(f"    papermill          {m_pm * 1e3:8.1f} ms   {m_pm / m_floor:5.2f}x floor")
 
                 # (2) sleeps 2 s, returns 10 MiB
