@@ -11,6 +11,7 @@ import pytest
 
 from jupyter_ds_jobs.core.connection import ConnectionInfo
 from jupyter_ds_jobs.server.app import ServerOptions, ServerThread
+from tests.wheels import build_wheel, write_simple_index
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -57,3 +58,34 @@ def server(server_options: ServerOptions) -> Iterator[RunningServer]:
         yield RunningServer(thread, info)
     finally:
         thread.stop()
+
+
+# Tiny wheels built here and a local simple index over them: job environments without a network.
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("wheelhouse")
+    build_wheel(d, "tinypkg", "1.0", {"tinypkg": "WHO = 'tinypkg 1.0'\n"})
+    build_wheel(d, "shadowme", "1.0", {"shadowme": "WHO = 'installed'\n"})
+    build_wheel(d, "bigpkg", "1.0", {"bigpkg": "DATA = '" + "x" * 300_000 + "'\n"})
+    build_wheel(
+        d,
+        "dep-user",
+        "2.0",
+        {"depuser/__init__.py": "import tinypkg\n\ndef main():\n    print('hello from', tinypkg.WHO)\n"},
+        ["tinypkg>=1"],
+        console_scripts={"dep-user-hello": "depuser:main"},
+    )
+    build_wheel(d, "needs-missing", "1.0", {"needsmissing": ""}, ["no-such-dependency>=1"])
+    return d
+
+
+@pytest.fixture(scope="session")
+def index_dir(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("simple")
+    write_simple_index(d, sorted(wheelhouse.glob("*.whl")))
+    return d
+
+
+@pytest.fixture(scope="session")
+def index_url(index_dir: Path) -> str:
+    return index_dir.resolve().as_uri()

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from wheels import build_wheel, write_simple_index
 
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.core.errors import FailedPrecondition, InvalidArgument
@@ -28,36 +27,6 @@ from jupyter_ds_jobs.server.environments import (
 pytestmark = pytest.mark.timeout(120)
 
 OWN = f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("wheelhouse")
-    build_wheel(d, "tinypkg", "1.0", {"tinypkg": "WHO = 'tinypkg 1.0'\n"})
-    build_wheel(d, "shadowme", "1.0", {"shadowme": "WHO = 'installed'\n"})
-    build_wheel(d, "bigpkg", "1.0", {"bigpkg": "DATA = '" + "x" * 300_000 + "'\n"})
-    build_wheel(
-        d,
-        "dep-user",
-        "2.0",
-        {"depuser/__init__.py": "import tinypkg\n\ndef main():\n    print('hello from', tinypkg.WHO)\n"},
-        ["tinypkg>=1"],
-        console_scripts={"dep-user-hello": "depuser:main"},
-    )
-    build_wheel(d, "needs-missing", "1.0", {"needsmissing": ""}, ["no-such-dependency>=1"])
-    return d
-
-
-@pytest.fixture(scope="session")
-def index_dir(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("simple")
-    write_simple_index(d, sorted(wheelhouse.glob("*.whl")))
-    return d
-
-
-@pytest.fixture(scope="session")
-def index_url(index_dir: Path) -> str:
-    return index_dir.resolve().as_uri()
 
 
 @pytest.fixture(scope="session")
