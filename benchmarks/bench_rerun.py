@@ -43,7 +43,7 @@ def make_input(path: Path, size: int) -> None:
 
 def run_once(client: object, config: Path) -> dict[str, float]:
     from jupyter_ds_jobs.core.client import JobsClient
-    from jupyter_ds_jobs.core.jobspec import load_config
+    from jupyter_ds_jobs.packaging.jobspec import load_config
 
     assert isinstance(client, JobsClient)
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from jupyter_ds_jobs._version import __version__
-from jupyter_ds_jobs.core.errors import DsJobsError, InvalidArgument
+from jupyter_ds_jobs.common.errors import DsJobsError, InvalidArgument
 
 if TYPE_CHECKING:
     from jupyter_ds_jobs._proto import jobs_pb2, pjs_pb2
@@ -156,7 +156,7 @@ class Console:
         )
 
     def job_progress(self, job: jobs_pb2.Job, progress: jobs_pb2.JobProgress | None, t0: float) -> None:
-        from jupyter_ds_jobs.core.client import status_name
+        from jupyter_ds_jobs.common.contract import status_name
 
         st = status_name(job.status)
         msg = progress.message if progress is not None else ""
@@ -324,7 +324,7 @@ def run_attached(
 
 
 def cmd_execute(args: argparse.Namespace) -> int:
-    from jupyter_ds_jobs.core.jobspec import load_config
+    from jupyter_ds_jobs.packaging.jobspec import load_config
 
     spec = load_config(Path(args.config))
     console = Console(system_logs=args.verbose)
@@ -352,7 +352,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from jupyter_ds_jobs._proto import jobs_pb2
-    from jupyter_ds_jobs.core.client import status_name
+    from jupyter_ds_jobs.common.contract import status_name
 
     statuses = []
     for s in args.status or ():
@@ -377,7 +377,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from jupyter_ds_jobs.core.client import status_name
+    from jupyter_ds_jobs.common.contract import status_name
 
     with _client(args) as client:
         job = client.get(args.id)
@@ -421,7 +421,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
-    from jupyter_ds_jobs.core.jobspec import fork_overrides
+    from jupyter_ds_jobs.packaging.jobspec import fork_overrides
 
     console = Console(system_logs=args.verbose)
     with _client(args) as client:
@@ -498,7 +498,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from jupyter_ds_jobs.core.client import FINAL_STATUSES
+    from jupyter_ds_jobs.common.contract import FINAL_STATUSES
 
     console = Console(system_logs=args.verbose)
     with _client(args) as client:
@@ -609,9 +609,9 @@ def parse_size(text: str) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from jupyter_ds_jobs.core.connection import default_state_dir
+    from jupyter_ds_jobs.common.connection import default_state_dir
+    from jupyter_ds_jobs.common.contract import INSTANCE_TYPES
     from jupyter_ds_jobs.server.app import ServerOptions, run_server
-    from jupyter_ds_jobs.server.validation import DEFAULT_INSTANCE_TYPES
 
     if args.max_concurrent_jobs < 1:
         raise DsJobsError("--max-concurrent-jobs must be at least 1")
@@ -626,7 +626,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("DS_JOBS_TOKEN") or None,
         max_concurrent_jobs=args.max_concurrent_jobs,
         default_ttl_days=args.data_ttl_days or None,
-        instance_types=types or tuple(DEFAULT_INSTANCE_TYPES),
+        instance_types=types or tuple(INSTANCE_TYPES),
         env_cache_cap_bytes=parse_size(args.env_cache_size) if args.env_cache_size else None,
         find_links=tuple(args.find_links),
         warm_start=args.warm_start,
@@ -649,7 +649,7 @@ def cmd_server_status(args: argparse.Namespace) -> int:
         return 1
     counts: dict[str, int] = {}
     with JobsClient(info.endpoint, info.token, project_id="") as client:
-        from jupyter_ds_jobs.core.client import status_name
+        from jupyter_ds_jobs.common.contract import status_name
 
         for job in client.list(project_id="", limit=10_000):
             counts[status_name(job.status)] = counts.get(status_name(job.status), 0) + 1

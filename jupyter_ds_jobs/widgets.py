@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from jupyter_ds_jobs.common.contract import FINAL_STATUS_NAMES
+
 __all__ = [
     "STAGE_PERCENT",
     "JobView",
@@ -47,7 +49,6 @@ STAGE_PERCENT: dict[str, int] = {
     "ERROR": 100,
     "CANCELLED": 100,
 }
-_FINAL = ("SUCCESS", "ERROR", "CANCELLED")
 _BAR_STYLE = {"SUCCESS": "success", "ERROR": "danger", "CANCELLED": "warning", "CANCELLING": "warning"}
 
 
@@ -163,7 +164,7 @@ class TextView:
         if name == self._last_status:
             return
         self._last_status = name
-        if name in _FINAL:
+        if name in FINAL_STATUS_NAMES:
             return  # the summary says it
         elapsed = format_duration(time.monotonic() - self._t0)
         self._say(f"{name.lower()}{': ' + details if details else ''} ({elapsed})")
@@ -332,7 +333,7 @@ class JobWidget:
             self.details = details
             self._set_percent(STAGE_PERCENT.get(name, self.percent))
             self.bar.bar_style = _BAR_STYLE.get(name, "info")
-            if name in _FINAL:
+            if name in FINAL_STATUS_NAMES:
                 self._t_end = self._t_end or time.monotonic()
                 self.cancel_button.disabled = True
             elif name == "CANCELLING":
@@ -387,7 +388,7 @@ class JobWidget:
                 self.cancel_button.description = "Cancel"
 
     def _set_percent(self, value: int) -> None:
-        self.percent = max(self.percent, value) if self.state not in _FINAL else value
+        self.percent = max(self.percent, value) if self.state not in FINAL_STATUS_NAMES else value
         self.bar.value = self.percent
 
     def _elapsed(self) -> float:

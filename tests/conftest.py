@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from jupyter_ds_jobs.core.connection import ConnectionInfo
+from jupyter_ds_jobs.common.connection import ConnectionInfo
 from jupyter_ds_jobs.server.app import ServerOptions, ServerThread
 from tests.wheels import build_wheel, write_simple_index
 

@@ -20,16 +20,16 @@ import grpc
 import pytest
 
 from jupyter_ds_jobs._proto import jobs_pb2, pjs_pb2
-from jupyter_ds_jobs.core import transfer
-from jupyter_ds_jobs.core.client import JobsClient, local_target, parse_endpoint
-from jupyter_ds_jobs.core.config import Settings
-from jupyter_ds_jobs.core.errors import (
+from jupyter_ds_jobs.common.errors import (
     FailedPrecondition,
     NotFound,
     Unauthenticated,
     Unavailable,
 )
-from jupyter_ds_jobs.core.jobspec import LocalFile
+from jupyter_ds_jobs.core import transfer
+from jupyter_ds_jobs.core.client import JobsClient, local_target, parse_endpoint
+from jupyter_ds_jobs.core.config import Settings
+from jupyter_ds_jobs.packaging.jobspec import LocalFile
 
 pytestmark = pytest.mark.timeout(60)
 

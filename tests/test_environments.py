@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_ds_jobs._proto import jobs_pb2
-from jupyter_ds_jobs.core.errors import FailedPrecondition, InvalidArgument
+from jupyter_ds_jobs.common.errors import FailedPrecondition, InvalidArgument
 from jupyter_ds_jobs.server.environments import (
     EnvironmentBuildError,
     EnvironmentCache,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from jupyter_ds_jobs._proto import jobs_pb2
-from jupyter_ds_jobs.core.errors import ConfigError, InvalidArgument
-from jupyter_ds_jobs.core.jobspec import (
+from jupyter_ds_jobs.common.errors import ConfigError, InvalidArgument
+from jupyter_ds_jobs.packaging.jobspec import (
     KNOWN_INSTANCE_TYPES,
     JobSpec,
     LocalFile,
@@ -135,7 +135,7 @@ def test_official_example_with_placeholders_filled_round_trips(tmp_path: Path) -
         LocalFile(base / "src", "src/", "SRC", True),
         LocalFile(base / "plain.txt", "plain.txt", "", False),
     ]
-    assert spec.input_vars() == {"DATA", "SRC"}
+    assert {f.var for f in spec.inputs if f.var} == {"DATA", "SRC"}
     assert [(f.path, f.var) for f in p.output_files] == [("result.txt", "OUT")]
     assert list(p.s3_mount_ids) == ["bt1s3"]
     assert list(p.dataset_ids) == ["bt1ds"]
@@ -264,7 +264,7 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
     assert not p.HasField("graceful_shutdown_parameters")
     assert not p.HasField("spark_parameters")
     assert p.attach_project_disk is False
-    assert spec.inputs == [] and spec.local_modules == [] and spec.input_vars() == set()
+    assert spec.inputs == [] and spec.local_modules == [] and {f.var for f in spec.inputs if f.var} == set()
 
 
 # --------------------------------------------------------------------------- pieces
@@ -285,7 +285,7 @@ def test_input_forms_and_outputs(tmp_path: Path) -> None:
         ("sub/c.txt", "", False),
     ]
     assert all(f.local_path.is_absolute() for f in spec.inputs)
-    assert spec.input_vars() == {"A", "B", "D"}
+    assert {f.var for f in spec.inputs if f.var} == {"A", "B", "D"}
     assert [(f.path, f.var) for f in spec.params.output_files] == [("out/", "O"), ("plain.log", "")]
 
 

@@ -15,8 +15,8 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_ds_jobs._proto import jobs_pb2
+from jupyter_ds_jobs.common.errors import InvalidArgument, JobFailed
 from jupyter_ds_jobs.core.client import JobsClient
-from jupyter_ds_jobs.core.errors import InvalidArgument, JobFailed
 from jupyter_ds_jobs.magics import DsJob, DsJobsMagics
 from jupyter_ds_jobs.packaging import celljob
 from jupyter_ds_jobs.packaging.cellio import UnpicklableInput

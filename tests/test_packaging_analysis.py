@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_ds_jobs.core.errors import InvalidArgument, NotFound
+from jupyter_ds_jobs.common.errors import InvalidArgument, NotFound
 from jupyter_ds_jobs.packaging.analysis import (
     ImportRef,
     analyze_script,
@@ -185,7 +185,7 @@ def test_missing_entry(tmp_path: Path) -> None:
 
 
 def test_own_package_pinned_only_when_imported(tmp_path: Path) -> None:
-    write(tmp_path, {"a.py": "import yaml\n", "b.py": "import jupyter_ds_jobs.core.errors\n"})
+    write(tmp_path, {"a.py": "import yaml\n", "b.py": "import jupyter_ds_jobs.common.errors\n"})
     assert not any(r.startswith("jupyter") for r in analyze_script(tmp_path / "a.py").requirements)
     assert analyze_script(tmp_path / "b.py").requirements == [pin("jupyter_ds_jobs")]
 

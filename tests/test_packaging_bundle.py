@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_ds_jobs.core.errors import InvalidArgument, NotFound
-from jupyter_ds_jobs.packaging.bundle import HashCache, safe_extract, sha256_file, zip_path
+from jupyter_ds_jobs.common.bundle import HashCache, safe_extract, sha256_file, zip_path
+from jupyter_ds_jobs.common.errors import InvalidArgument, NotFound
 
 
 def make_pkg(root: Path) -> Path:

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from jupyter_ds_jobs.core.errors import InvalidArgument
+from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.packaging.cell import analyze_cell, parse_cell
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_ds_jobs.core.errors import InvalidArgument
+from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.packaging import runner
 from jupyter_ds_jobs.packaging.cellio import (
     InputTooLarge,

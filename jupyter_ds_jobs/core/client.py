@@ -3,7 +3,7 @@
 ::
 
     from jupyter_ds_jobs.core.client import JobsClient
-    from jupyter_ds_jobs.core.jobspec import load_config
+    from jupyter_ds_jobs.packaging.jobspec import load_config
 
     spec = load_config(Path("config.yaml"))
     with JobsClient.connect() as client:            # settings / env, else the embedded local server
@@ -14,7 +14,7 @@
 
 The same client talks to DataSphere itself (:meth:`JobsClient.datasphere`, TLS and an IAM token).
 Every unary call has a deadline (``timeout``) and is retried with backoff on UNAVAILABLE; errors
-are the classes of :mod:`jupyter_ds_jobs.core.errors`. Imports nothing from IPython or the server.
+are the classes of :mod:`jupyter_ds_jobs.common.errors`. Imports nothing from IPython or the server.
 """
 
 from __future__ import annotations
@@ -30,16 +30,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, ops_grpc, ops_pb2, pjs_grpc, pjs_pb2
 from jupyter_ds_jobs._version import __version__
-from jupyter_ds_jobs.core import transfer
-from jupyter_ds_jobs.core.config import Settings
-from jupyter_ds_jobs.core.connection import blob_path
-from jupyter_ds_jobs.core.errors import (
+from jupyter_ds_jobs.common.connection import blob_path
+from jupyter_ds_jobs.common.contract import FINAL_STATUSES, LOCAL_MODULE_PREFIX, status_name
+from jupyter_ds_jobs.common.errors import (
     DsJobsError,
     FailedPrecondition,
     InvalidArgument,
@@ -49,9 +48,10 @@ from jupyter_ds_jobs.core.errors import (
     Unavailable,
     from_rpc_error,
 )
-from jupyter_ds_jobs.core.jobspec import JobSpec, LocalFile
+from jupyter_ds_jobs.core import transfer
+from jupyter_ds_jobs.core.config import Settings
 from jupyter_ds_jobs.core.logfollow import LogFollower, OnMessage, follow
-from jupyter_ds_jobs.core.transfer import PreparedFile, ProgressCallback, TransferProgress
+from jupyter_ds_jobs.core.transfer import LocalFile, PreparedFile, ProgressCallback, TransferProgress
 
 __all__ = [
     "DATASPHERE_ENDPOINT",
@@ -66,8 +66,6 @@ __all__ = [
 
 DATASPHERE_ENDPOINT = "datasphere.api.cloud.yandex.net:443"
 DATASPHERE_OPERATION_ENDPOINT = "operation.api.cloud.yandex.net:443"
-LOCAL_MODULE_PREFIX = "_LOCAL_MODULE_"
-FINAL_STATUSES = frozenset({jobs_pb2.SUCCESS, jobs_pb2.ERROR, jobs_pb2.CANCELLED})
 STREAM_TIMEOUT = 3600.0
 _R = TypeVar("_R")
 
@@ -81,20 +79,24 @@ _BY_CODE: dict[int, type[DsJobsError]] = {
 }
 
 
-def status_name(status: int) -> str:
-    """``JobStatus`` number -> name (``EXECUTING``)."""
-    try:
-        return jobs_pb2.JobStatus.Name(status)  # type: ignore[arg-type]
-    except ValueError:
-        return str(status)
-
-
 def _op_error(op: op_pb2.Operation) -> DsJobsError:
     cls = _BY_CODE.get(op.error.code, DsJobsError)
     exc = cls(op.error.message or f"operation {op.id} failed with code {op.error.code}")
     with contextlib.suppress(ValueError):
         exc.code = next(c for c in grpc.StatusCode if c.value[0] == op.error.code)
     return exc
+
+
+class JobSource(Protocol):
+    """What :meth:`JobsClient.create_from_spec` takes: a job built elsewhere (a parsed
+    ``config.yaml``, :class:`jupyter_ds_jobs.packaging.jobspec.JobSpec`)."""
+
+    name: str
+    desc: str
+    config_text: str
+    params: jobs_pb2.JobParameters
+    inputs: list[LocalFile]
+    local_modules: list[LocalFile]
 
 
 @dataclass
@@ -386,7 +388,7 @@ class JobsClient:
 
     def create_from_spec(
         self,
-        spec: JobSpec,
+        spec: JobSource,
         *,
         project_id: str | None = None,
         data_ttl: timedelta | None = None,
@@ -394,7 +396,7 @@ class JobsClient:
         name: str | None = None,
         desc: str | None = None,
     ) -> str:
-        """:meth:`create` from a parsed ``config.yaml`` (:func:`jobspec.load_config`)."""
+        """:meth:`create` from a parsed ``config.yaml`` (``packaging.jobspec.load_config``)."""
         return self.create(
             spec.params,
             spec.inputs,

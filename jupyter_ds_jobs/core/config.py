@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from jupyter_ds_jobs.core.errors import InvalidArgument
+from jupyter_ds_jobs.common.errors import InvalidArgument
 
 __all__ = ["ENV_ENDPOINT", "ENV_PROJECT", "ENV_TOKEN", "Settings", "settings_path"]
 

@@ -19,14 +19,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from jupyter_ds_jobs.core.connection import (
+from jupyter_ds_jobs.common.connection import (
     CONNECTION_FILE_NAME,
     ConnectionInfo,
     default_state_dir,
     pid_alive,
     runtime_dir,
 )
-from jupyter_ds_jobs.core.errors import FailedPrecondition, Unavailable
+from jupyter_ds_jobs.common.errors import FailedPrecondition, Unavailable
 
 __all__ = ["LOG_FILE_NAME", "ensure_server", "find_server", "start_server", "stop_server"]
 

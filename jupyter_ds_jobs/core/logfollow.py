@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import grpc
 
 from jupyter_ds_jobs._proto import pjs_pb2
-from jupyter_ds_jobs.core.errors import DsJobsError, Unavailable, from_rpc_error
+from jupyter_ds_jobs.common.errors import DsJobsError, Unavailable, from_rpc_error
 
 __all__ = ["RETRYABLE", "LogFollower", "follow"]
 

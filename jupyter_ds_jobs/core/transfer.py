@@ -1,6 +1,6 @@
 """Moving job files: hash and zip local files, upload them, download and check outputs.
 
-* :func:`prepare_files` turns :class:`~jupyter_ds_jobs.core.jobspec.LocalFile` entries into
+* :func:`prepare_files` turns :class:`~jupyter_ds_jobs.packaging.jobspec.LocalFile` entries into
   ``jobs_pb2.File`` messages. A file's sha256 comes from a :class:`HashCache` keyed by (path,
   size, mtime), so an unchanged 1 GiB input is not hashed again; a directory is zipped
   deterministically (same tree, same bytes) and the ZIP is kept in the client cache under a
@@ -34,7 +34,8 @@ from urllib.parse import urlsplit
 
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs._version import __version__
-from jupyter_ds_jobs.core.errors import (
+from jupyter_ds_jobs.common.bundle import HashCache, safe_extract, zip_path
+from jupyter_ds_jobs.common.errors import (
     DsJobsError,
     FailedPrecondition,
     InvalidArgument,
@@ -43,10 +44,9 @@ from jupyter_ds_jobs.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from jupyter_ds_jobs.core.jobspec import LocalFile
-from jupyter_ds_jobs.packaging.bundle import HashCache, safe_extract, zip_path
 
 __all__ = [
+    "LocalFile",
     "PreparedFile",
     "ProgressTracker",
     "TransferProgress",
@@ -170,6 +170,20 @@ class ProgressTracker:
 
 
 # --------------------------------------------------------------------------- preparing
+
+
+@dataclass
+class LocalFile:
+    """A file or directory on this machine that the client uploads.
+
+    ``desc_path`` and ``var`` go into ``FileDesc``; ``zip`` means the client zips ``local_path`` (its
+    entries relative to the path's parent) and sends compression ZIP.
+    """
+
+    local_path: Path
+    desc_path: str
+    var: str
+    zip: bool
 
 
 @dataclass

@@ -39,7 +39,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import InvalidArgument, NotFound
+from jupyter_ds_jobs.common.errors import InvalidArgument, NotFound
+from jupyter_ds_jobs.packaging.source import ImportRef, find_imports, parse_cell
 
 __all__ = [
     "ImportRef",
@@ -63,90 +64,6 @@ class ScriptAnalysis:
     """Pinned ``name==version`` of the installed distributions used, sorted by name."""
     unresolved: list[str]
     """Top-level modules imported but neither local, standard nor installed, sorted."""
-
-
-@dataclass(frozen=True)
-class ImportRef:
-    """One import statement (or literal dynamic import) found in a module."""
-
-    module: str
-    """Dotted module as written (``""`` for ``from . import x``)."""
-    level: int = 0
-    """Number of leading dots of a relative import; 0 for an absolute one."""
-    names: tuple[str, ...] = ()
-    """Names of a ``from module import a, b`` (each may be a submodule); empty for ``import m``."""
-    lineno: int = 0
-
-
-# --------------------------------------------------------------------------- finding imports
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _literal(node: ast.expr | None) -> str | None:
-    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
-
-
-def _dynamic_import(call: ast.Call) -> ImportRef | None:
-    """``importlib.import_module("x")``, ``import_module(".y", "pkg")``, ``__import__("x")``."""
-    func = call.func
-    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "importlib":
-        fname = func.attr
-    elif isinstance(func, ast.Name):
-        fname = func.id
-    else:
-        return None
-    if fname not in ("import_module", "__import__") or not call.args:
-        return None
-    name = _literal(call.args[0])
-    if not name:
-        return None
-    if fname == "__import__":
-        return None if name.startswith(".") else ImportRef(name, 0, (), call.lineno)
-    package = _literal(call.args[1]) if len(call.args) > 1 else None
-    for kw in call.keywords:
-        if kw.arg == "package":
-            package = _literal(kw.value)
-    if name.startswith("."):
-        if not package:
-            return None
-        try:
-            name = importlib.util.resolve_name(name, package)
-        except (ImportError, ValueError):
-            return None
-    return ImportRef(name, 0, (), call.lineno)
-
-
-def find_imports(tree: ast.AST) -> list[ImportRef]:
-    """Every import in ``tree``, in source order, at any depth (functions, ``try``, ``if``...).
-
-    Includes ``importlib.import_module`` / ``__import__`` calls with a literal name; skips the body
-    of ``if TYPE_CHECKING:`` (never run).
-    """
-    refs: list[ImportRef] = []
-    stack: list[ast.AST] = [tree]
-    while stack:
-        node = stack.pop()
-        children: list[ast.AST]
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            children = list(node.orelse)
-        else:
-            children = list(ast.iter_child_nodes(node))
-        if isinstance(node, ast.Import):
-            refs.extend(ImportRef(a.name, 0, (), node.lineno) for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            names = tuple(a.name for a in node.names)
-            refs.append(ImportRef(node.module or "", node.level, names, node.lineno))
-        elif isinstance(node, ast.Call):
-            ref = _dynamic_import(node)
-            if ref is not None:
-                refs.append(ref)
-        stack.extend(reversed(children))
-    return refs
 
 
 # --------------------------------------------------------------------------- installed distributions
@@ -518,8 +435,6 @@ def analyze_source(
     kernel's working directory...); ``extra_modules`` are dotted module names known to be used
     (e.g. the modules of objects to be pickled; ``__main__`` is ignored).
     """
-    from .cell import parse_cell  # cell.py imports this module
-
     tree, _ = parse_cell(source, filename)
     graph = _Graph(search_path)
     graph.add_tree(tree, None, False)

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import ast
 import builtins
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..core.errors import InvalidArgument
-from .analysis import find_imports
+from jupyter_ds_jobs.common.errors import InvalidArgument
+from jupyter_ds_jobs.packaging.source import find_imports, parse_cell
 
 __all__ = ["CellAnalysis", "analyze_cell", "parse_cell"]
 
@@ -37,16 +36,6 @@ _ALWAYS_DEFINED = frozenset(dir(builtins)) | {
     "__cached__",
     "__annotations__",
 }
-
-#: Cell magics whose body is Python run in the user namespace.
-_PY_BODY_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
-#: Line magics whose argument is a Python statement run in the user namespace.
-_PY_STMT_LINE_MAGICS = frozenset({"time", "timeit"})
-
-_MAGIC = re.compile(r"^%{1,2}(?P<name>[\w.]+)(?P<rest>.*)$", re.DOTALL)
-_ASSIGN_FROM_MAGIC = re.compile(r"^(?P<lhs>[^\W\d][\w.]*(?:\s*,\s*[^\W\d][\w.]*)*)\s*=\s*(?P<rhs>[!%].*)$")
-_HELP_SUFFIX = re.compile(r"^%?[\w.*\[\]()'\"]+\s*\?{1,2}$")
-_TIMEIT_OPTIONS = re.compile(r"^(?:\s*-(?:[nrp]\s*\d+|[oqtc])(?=\s))*\s*")
 
 
 @dataclass
@@ -63,94 +52,6 @@ class CellAnalysis:
     """(1-based line, stripped text) of each line using IPython-only syntax."""
     deletes: list[str] = field(default_factory=list)
     """Names the cell deletes at top level (``del x``) and does not bind again afterwards."""
-
-
-# --------------------------------------------------------------------------- IPython syntax
-
-
-def _strip_magic(text: str) -> str | None:
-    """The Python statement inside ``%time stmt`` / ``%timeit [-n N] stmt``, else None."""
-    m = _MAGIC.match(text)
-    if m is None or text.startswith("%%") or m["name"] not in _PY_STMT_LINE_MAGICS:
-        return None
-    rest = m["rest"]
-    if m["name"] == "timeit":
-        rest = _TIMEIT_OPTIONS.sub("", rest + " ", count=1)
-    rest = rest.strip()
-    return rest or None
-
-
-def _rewrite_line(line: str) -> str | None:
-    """Python with the same meaning for names as an IPython-only ``line``, or None if it is not one."""
-    body = line.strip()
-    if not body:
-        return None
-    indent = line[: len(line) - len(line.lstrip())]
-    m = _ASSIGN_FROM_MAGIC.match(body)
-    if m is not None:
-        value = "None"
-        stmt = _strip_magic(m["rhs"])
-        if stmt is not None:
-            try:
-                ast.parse(stmt, mode="eval")
-            except SyntaxError:
-                pass
-            else:
-                value = stmt
-        return f"{indent}{m['lhs']} = {value}"
-    if body[0] == "%":
-        return indent + (_strip_magic(body) or "pass")
-    if body[0] in "!?/,;" or _HELP_SUFFIX.match(body):
-        return indent + "pass"
-    return None
-
-
-def _syntax_error(err: SyntaxError, lines: Sequence[str], filename: str) -> InvalidArgument:
-    lineno = err.lineno or 0
-    text = lines[lineno - 1].strip() if 1 <= lineno <= len(lines) else (err.text or "").strip()
-    where = f"{filename}, line {lineno}" if filename != "<cell>" else f"line {lineno}"
-    return InvalidArgument(f"syntax error on {where}: {err.msg}" + (f": {text}" if text else ""))
-
-
-def parse_cell(source: str, filename: str = "<cell>") -> tuple[ast.Module, list[tuple[int, str]]]:
-    """Parse a cell's source, IPython syntax included, into a Python AST.
-
-    Lines with IPython-only syntax are replaced, one for one, by Python with the same effect on
-    names (``!ls`` -> ``pass``, ``x = !ls`` -> ``x = None``, ``%time y = f(x)`` -> ``y = f(x)``); a
-    cell magic whose body is not Python (``%%bash``, ``%%html``, ``%%writefile``...) gives an empty
-    module. Returns the tree and the (1-based line, text) of each IPython line. Raises
-    ``InvalidArgument`` naming the line for any other syntax error.
-    """
-    lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    original = list(lines)
-    found: list[tuple[int, str]] = []
-    first = next((i for i, text in enumerate(lines) if text.strip()), None)
-    if first is not None and lines[first].lstrip().startswith("%%"):
-        head = lines[first].strip()
-        found.append((first + 1, head))
-        m = _MAGIC.match(head)
-        lines[first] = ""
-        if m is None or m["name"] not in _PY_BODY_CELL_MAGICS:
-            return ast.parse("", filename=filename), found
-    rewritten: set[int] = set()
-    while True:
-        try:
-            tree = ast.parse("\n".join(lines), filename=filename)
-        except RecursionError:
-            raise InvalidArgument(f"{filename}: too deeply nested to parse") from None
-        except SyntaxError as err:
-            lineno = err.lineno
-            if lineno is None or not 1 <= lineno <= len(lines) or lineno in rewritten:
-                raise _syntax_error(err, original, filename) from None
-            new = _rewrite_line(lines[lineno - 1])
-            if new is None:
-                raise _syntax_error(err, original, filename) from None
-            found.append((lineno, lines[lineno - 1].strip()))
-            lines[lineno - 1] = new
-            rewritten.add(lineno)
-            continue
-        found.sort()
-        return tree, found
 
 
 # --------------------------------------------------------------------------- nested scopes

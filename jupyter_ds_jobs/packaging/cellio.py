@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import cloudpickle
 
-from jupyter_ds_jobs.core.errors import InvalidArgument
+from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.packaging import runner
 from jupyter_ds_jobs.packaging.runner import (
     CELL_FILE,

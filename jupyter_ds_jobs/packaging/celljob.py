@@ -35,12 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from jupyter_ds_jobs._proto import jobs_pb2
-from jupyter_ds_jobs.core import jobspec
-from jupyter_ds_jobs.core.errors import InvalidArgument
-from jupyter_ds_jobs.core.jobspec import LocalFile
-from jupyter_ds_jobs.packaging import cellio
+from jupyter_ds_jobs.common.errors import InvalidArgument
+from jupyter_ds_jobs.packaging import cellio, jobspec
 from jupyter_ds_jobs.packaging.analysis import analyze_source, requirements_for_modules
 from jupyter_ds_jobs.packaging.cell import CellAnalysis, analyze_cell
+from jupyter_ds_jobs.packaging.jobspec import LocalFile
 from jupyter_ds_jobs.packaging.runner import (
     CELL_FILE,
     ERROR_FILE,

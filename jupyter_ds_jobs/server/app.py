@@ -25,7 +25,7 @@ import grpc
 
 from jupyter_ds_jobs._proto import ops_grpc, pjs_grpc, ps_grpc
 from jupyter_ds_jobs._version import __version__
-from jupyter_ds_jobs.core.connection import (
+from jupyter_ds_jobs.common.connection import (
     CONNECTION_FILE_NAME,
     ConnectionInfo,
     default_state_dir,

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlencode
 
-from jupyter_ds_jobs.core.connection import blob_path
-from jupyter_ds_jobs.core.errors import InvalidArgument, NotFound, PermissionDenied
+from jupyter_ds_jobs.common.connection import blob_path
+from jupyter_ds_jobs.common.errors import InvalidArgument, NotFound, PermissionDenied
 
 __all__ = ["SHA256_RE", "BlobStore", "BlobWriter"]
 

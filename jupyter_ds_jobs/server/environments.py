@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from jupyter_ds_jobs.core.connection import pid_alive
-from jupyter_ds_jobs.core.errors import FailedPrecondition, InvalidArgument
+from jupyter_ds_jobs.common.connection import pid_alive
+from jupyter_ds_jobs.common.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
     from jupyter_ds_jobs._proto import jobs_pb2

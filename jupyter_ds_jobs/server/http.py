@@ -11,7 +11,7 @@ from typing import Any
 import tornado.httpserver
 import tornado.web
 
-from jupyter_ds_jobs.core.errors import DsJobsError, InvalidArgument, NotFound
+from jupyter_ds_jobs.common.errors import DsJobsError, InvalidArgument, NotFound
 from jupyter_ds_jobs.server.blobs import CHUNK, BlobStore, BlobWriter
 
 __all__ = ["make_http_server"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from jupyter_ds_jobs.core.errors import InvalidArgument
+from jupyter_ds_jobs.common.errors import InvalidArgument
 
 __all__ = ["SOURCE_ERR", "SOURCE_FILE", "SOURCE_OUT", "JobLog", "LogRecord", "LogStore"]
 

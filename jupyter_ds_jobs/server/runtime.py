@@ -24,22 +24,27 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from jupyter_ds_jobs._proto import jobs_pb2
-from jupyter_ds_jobs.core.errors import DsJobsError, FailedPrecondition
-from jupyter_ds_jobs.packaging.bundle import safe_extract, sha256_file, zip_path
+from jupyter_ds_jobs.common.bundle import safe_extract, sha256_file, zip_path
+from jupyter_ds_jobs.common.contract import (
+    CMD_VAR_RE,
+    FINAL_STATUSES,
+    LOCAL_MODULE_PREFIX,
+    PROJECT_HOME,
+    is_safe_relpath,
+    status_name,
+)
+from jupyter_ds_jobs.common.errors import DsJobsError, FailedPrecondition
 from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.environments import Environment, EnvironmentCache, EnvSpec
 from jupyter_ds_jobs.server.executors import Executor, LocalExecutor, RunningProcess
 from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_OUT, JobLog, LogStore
 from jupyter_ds_jobs.server.store import FileRef, Store
-from jupyter_ds_jobs.server.validation import CMD_VAR_RE, PROJECT_HOME, is_safe_relpath
 
-__all__ = ["ABORTED_CODE", "FINAL", "RUNNING", "JobManager"]
+__all__ = ["ABORTED_CODE", "JobManager"]
 
 log = logging.getLogger(__name__)
 
 S = jobs_pb2
-FINAL = frozenset({S.SUCCESS, S.ERROR, S.CANCELLED})
-RUNNING = frozenset({S.PREPARING, S.EXECUTING, S.UPLOADING_OUTPUT, S.CANCELLING})
 # google.rpc.Code values of an Execute operation's error
 CANCELLED_CODE = 1
 ABORTED_CODE = 10
@@ -58,10 +63,6 @@ class _Run:
     response: bytes | None = None
     environment: Environment | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def job_status_name(status: int) -> str:
-    return S.JobStatus.Name(status)  # type: ignore[arg-type]
 
 
 def place(workdir: Path, path: str, var: str, kind: str) -> Path:
@@ -126,7 +127,7 @@ class JobManager:
             job.status_details = details
         if status == S.EXECUTING and not job.HasField("started_at"):
             job.started_at.GetCurrentTime()
-        if status in FINAL:
+        if status in FINAL_STATUSES:
             job.finished_at.GetCurrentTime()
         self.store.save_job(job)
         run = self._runs.get(job.id)
@@ -151,8 +152,8 @@ class JobManager:
         run = self._runs.get(job_id)
         if run is None:
             job = self.store.get_job(job_id)
-            if job.status in FINAL:
-                raise FailedPrecondition(f"job {job_id} is already {job_status_name(job.status)}")
+            if job.status in FINAL_STATUSES:
+                raise FailedPrecondition(f"job {job_id} is already {status_name(job.status)}")
             # Created but never executed: nothing runs, it just ends.
             self._set_status(job_id, S.CANCELLED, f"cancelled{': ' + reason if reason else ''}")
             return
@@ -161,7 +162,7 @@ class JobManager:
         run.cancel = "graceful" if graceful else "hard"
         run.cancel_reason = reason
         job = self.store.get_job(job_id)
-        if job.status in FINAL:
+        if job.status in FINAL_STATUSES:
             return
         if run.proc is None:
             # queued or preparing: stop the lifecycle task where it waits
@@ -268,7 +269,7 @@ class JobManager:
             run.done.set()
 
     def _finish(self, job_id: str, status: int, details: str) -> None:
-        if self.store.get_job(job_id).status not in FINAL:
+        if self.store.get_job(job_id).status not in FINAL_STATUSES:
             self._set_status(job_id, status, details)
 
     async def _run(self, run: _Run, jl: JobLog) -> tuple[int, str] | None:
@@ -337,7 +338,7 @@ class JobManager:
             if f.desc.var:
                 values[f.desc.var] = "."
         for i in range(len(p.env.python_env.local_modules)):
-            values.setdefault(f"_LOCAL_MODULE_{i}", ".")
+            values.setdefault(f"{LOCAL_MODULE_PREFIX}{i}", ".")
         for f in p.input_files:
             dest = place(workdir, f.desc.path, f.desc.var, "inputs")
             if f.compression_type == S.ZIP:

@@ -1,6 +1,6 @@
 """The gRPC servicers: ``ProjectJobService`` and ``OperationService``.
 
-Exceptions of :mod:`jupyter_ds_jobs.core.errors` become gRPC status codes in one
+Exceptions of :mod:`jupyter_ds_jobs.common.errors` become gRPC status codes in one
 place, :func:`map_errors`; handlers just raise.
 """
 
@@ -38,11 +38,17 @@ from jupyter_ds_jobs._proto import (
     ps_pb2,
     status_pb2,
 )
-from jupyter_ds_jobs.core.errors import DsJobsError, FailedPrecondition, InvalidArgument, NotFound
+from jupyter_ds_jobs.common.contract import (
+    DEFAULT_INSTANCE_TYPE,
+    FINAL_STATUSES,
+    RUNNING_STATUSES,
+    status_name,
+)
+from jupyter_ds_jobs.common.errors import DsJobsError, FailedPrecondition, InvalidArgument, NotFound
 from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.environments import EnvironmentCache, EnvSpec
 from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_FILE, SOURCE_OUT, LogStore
-from jupyter_ds_jobs.server.runtime import ABORTED_CODE, FINAL, RUNNING, JobManager, job_status_name
+from jupyter_ds_jobs.server.runtime import ABORTED_CODE, JobManager
 from jupyter_ds_jobs.server.store import FileRef, OperationRow, Store
 from jupyter_ds_jobs.server.validation import check_parameters
 
@@ -267,7 +273,9 @@ class Context:
             raise InvalidArgument("project_id is empty", field="project_id")
         if not params.cloud_instance_types:
             params.cloud_instance_types.add(
-                name=self.instance_types[0] if "c1.4" not in self.instance_types else "c1.4"
+                name=DEFAULT_INSTANCE_TYPE
+                if DEFAULT_INSTANCE_TYPE in self.instance_types
+                else self.instance_types[0]
             )
         check_parameters(params, self.instance_types)
         self.check_python(params)
@@ -303,9 +311,9 @@ class Context:
         return self.new_operation(kind, job.id, project_id)
 
     def clear_data(self, job: jobs_pb2.Job) -> None:
-        if job.status not in FINAL:
+        if job.status not in FINAL_STATUSES:
             raise FailedPrecondition(
-                f"job {job.id} is {job_status_name(job.status)}; only finished jobs can be cleared"
+                f"job {job.id} is {status_name(job.status)}; only finished jobs can be cleared"
             )
         for sha in self.store.drop_files(job.id):
             if not self.store.is_referenced(sha):
@@ -318,7 +326,7 @@ class Context:
     def sweep(self, now: float | None = None) -> list[str]:
         """Clear the data of finished jobs past ``data_expires_at``; drop unreferenced blobs."""
         cleared = []
-        for job_id in self.store.expired_jobs(now or time.time(), FINAL):
+        for job_id in self.store.expired_jobs(now or time.time(), FINAL_STATUSES):
             self.clear_data(self.store.get_job(job_id))
             cleared.append(job_id)
         # A blob nothing references is garbage, unless it is fresh: outputs being collected are
@@ -460,7 +468,7 @@ class JobService(pjs_grpc.ProjectJobServiceServicer):  # type: ignore[misc]
         if job.data_cleared:
             raise FailedPrecondition(f"job {job.id} data has been cleared")
         if job.status != S.CREATING:
-            raise FailedPrecondition(f"job {job.id} is {job_status_name(job.status)} and cannot be executed")
+            raise FailedPrecondition(f"job {job.id} is {status_name(job.status)} and cannot be executed")
         p = job.job_parameters
         missing = [
             f.desc.path
@@ -476,8 +484,8 @@ class JobService(pjs_grpc.ProjectJobServiceServicer):  # type: ignore[misc]
 
     async def Cancel(self, request: pjs_pb2.CancelProjectJobRequest, context: Any) -> empty_pb2.Empty:
         job = self.ctx.store.get_job(request.job_id)
-        if job.status in FINAL:
-            raise FailedPrecondition(f"job {job.id} is already {job_status_name(job.status)}")
+        if job.status in FINAL_STATUSES:
+            raise FailedPrecondition(f"job {job.id} is already {status_name(job.status)}")
         task = asyncio.ensure_future(self.ctx.manager.cancel(job.id, request.graceful, request.reason))
         if not request.graceful:
             await task
@@ -487,10 +495,8 @@ class JobService(pjs_grpc.ProjectJobServiceServicer):  # type: ignore[misc]
         self, request: pjs_pb2.FinalizeProjectJobRequest, context: Any
     ) -> pjs_pb2.FinalizeProjectJobResponse:
         job = self.ctx.store.get_job(request.job_id)
-        if job.status not in FINAL:
-            raise FailedPrecondition(
-                f"job {job.id} is {job_status_name(job.status)}; finalize a finished job"
-            )
+        if job.status not in FINAL_STATUSES:
+            raise FailedPrecondition(f"job {job.id} is {status_name(job.status)}; finalize a finished job")
         shutil.rmtree(self.ctx.manager.workdir(job.id), ignore_errors=True)
         return pjs_pb2.FinalizeProjectJobResponse(job_id=job.id)
 
@@ -501,7 +507,7 @@ class JobService(pjs_grpc.ProjectJobServiceServicer):  # type: ignore[misc]
             raise FailedPrecondition(f"job {job_id} data has been cleared")
 
         def is_final() -> bool:
-            return not ctx.manager.is_active(job_id) and ctx.store.get_job(job_id).status in FINAL
+            return not ctx.manager.is_active(job_id) and ctx.store.get_job(job_id).status in FINAL_STATUSES
 
         async for batch, new_offset in ctx.logs.follow(job_id, offset, is_final):
             yield batch, new_offset
@@ -590,10 +596,10 @@ class JobService(pjs_grpc.ProjectJobServiceServicer):  # type: ignore[misc]
     async def Delete(self, request: pjs_pb2.DeleteProjectJobRequest, context: Any) -> op_pb2.Operation:
         ctx = self.ctx
         job = ctx.store.get_job(request.job_id)
-        if job.status not in FINAL and not (job.status == S.CREATING and not ctx.manager.is_active(job.id)):
-            raise FailedPrecondition(
-                f"job {job.id} is {job_status_name(job.status)}; cancel it before deleting"
-            )
+        if job.status not in FINAL_STATUSES and not (
+            job.status == S.CREATING and not ctx.manager.is_active(job.id)
+        ):
+            raise FailedPrecondition(f"job {job.id} is {status_name(job.status)}; cancel it before deleting")
         shas = ctx.store.drop_files(job.id)
         ctx.store.delete_job(job.id)
         for sha in shas:
@@ -614,7 +620,7 @@ class JobService(pjs_grpc.ProjectJobServiceServicer):  # type: ignore[misc]
     ) -> op_pb2.Operation:
         if not request.project_id:
             raise InvalidArgument("project_id is empty", field="project_id")
-        for job in self.ctx.store.list_jobs(request.project_id, FINAL, 1_000_000, None):
+        for job in self.ctx.store.list_jobs(request.project_id, FINAL_STATUSES, 1_000_000, None):
             if not job.data_cleared:
                 self.ctx.clear_data(job)
         return self.ctx.new_operation("delete_all_data", "", request.project_id)
@@ -694,11 +700,11 @@ class ProjectService(ps_grpc.ProjectServiceServicer):  # type: ignore[misc]
 def recover(ctx: Context) -> list[str]:
     """At start: jobs a dead server left running become ERROR, their leftover processes killed."""
     interrupted = []
-    for job in ctx.store.jobs_with_status([*RUNNING, S.CREATING]):
+    for job in ctx.store.jobs_with_status([*RUNNING_STATUSES, S.CREATING]):
         op_id = ctx.store.execute_op(job.id)
         if job.status == S.CREATING and op_id is None:
             continue  # created, never executed: still executable
-        was = job_status_name(job.status)
+        was = status_name(job.status)
         pgid = ctx.store.pgid(job.id)
         if pgid and _group_is_job(pgid, job.id):
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -17,7 +17,7 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from jupyter_ds_jobs._proto import jobs_pb2
-from jupyter_ds_jobs.core.errors import NotFound
+from jupyter_ds_jobs.common.errors import NotFound
 
 __all__ = ["FileRef", "OperationRow", "Store"]
 

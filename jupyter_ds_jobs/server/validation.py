@@ -2,58 +2,28 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-from pathlib import PurePosixPath
 
 from jupyter_ds_jobs._proto import jobs_pb2
-from jupyter_ds_jobs.core.errors import FailedPrecondition, InvalidArgument
+from jupyter_ds_jobs.common.contract import (
+    ENV_NAME_RE,
+    INSTANCE_TYPES,
+    LOCAL_MODULE_PREFIX,
+    MAX_FILE_BYTES,
+    MAX_ITEMS,
+    MAX_TOTAL_INPUT_BYTES,
+    PROJECT_HOME,
+    VAR_RE,
+    cmd_vars,
+    is_safe_relpath,
+)
+from jupyter_ds_jobs.common.errors import FailedPrecondition, InvalidArgument
 from jupyter_ds_jobs.server.blobs import SHA256_RE
 
-__all__ = [
-    "DEFAULT_INSTANCE_TYPES",
-    "MAX_FILE_BYTES",
-    "VAR_RE",
-    "check_parameters",
-    "cmd_vars",
-    "is_safe_relpath",
-]
+__all__ = ["DEFAULT_INSTANCE_TYPES", "check_parameters"]
 
-VAR_RE = re.compile(r"^[0-9a-zA-Z_-]{1,50}$")
-CMD_VAR_RE = re.compile(r"\$\{([^}]*)\}")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_FILE_BYTES = 5 * 2**30
-MAX_TOTAL_INPUT_BYTES = 10 * 2**30
-MAX_ITEMS = 100
-PROJECT_HOME = "DS_PROJECT_HOME"
-
-# name -> (cpus, gpus, memory GiB): the instance types this server accepts.
-DEFAULT_INSTANCE_TYPES: dict[str, tuple[int, int, int]] = {
-    "c1.4": (4, 0, 32),
-    "c1.8": (8, 0, 64),
-    "c1.32": (32, 0, 256),
-    "c1.80": (80, 0, 640),
-    "g1.1": (8, 1, 96),
-    "g1.2": (16, 2, 192),
-    "g1.4": (32, 4, 384),
-    "g1.8": (64, 8, 768),
-    "g2.1": (28, 1, 119),
-    "g2.2": (56, 2, 238),
-    "g2.4": (112, 4, 476),
-    "g2.8": (224, 8, 952),
-    "gt4.1": (8, 1, 48),
-}
-
-
-def cmd_vars(cmd: str) -> list[str]:
-    return CMD_VAR_RE.findall(cmd)
-
-
-def is_safe_relpath(path: str) -> bool:
-    if not path or "\x00" in path or "\\" in path:
-        return False
-    p = PurePosixPath(path)
-    return not p.is_absolute() and ".." not in p.parts and p.parts not in ((), (".",))
+#: The instance types this server accepts unless told otherwise: all of the contract's.
+DEFAULT_INSTANCE_TYPES: tuple[str, ...] = tuple(INSTANCE_TYPES)
 
 
 def _check_file(f: jobs_pb2.File, field: str, need_relative: bool) -> None:
@@ -151,7 +121,7 @@ def check_parameters(p: jobs_pb2.JobParameters, instance_types: Iterable[str]) -
         if var == PROJECT_HOME:
             raise InvalidArgument(f"{PROJECT_HOME} is reserved", field=field)
     names = {v for _, v in declared if v}
-    names.update(f"_LOCAL_MODULE_{i}" for i in range(len(p.env.python_env.local_modules)))
+    names.update(f"{LOCAL_MODULE_PREFIX}{i}" for i in range(len(p.env.python_env.local_modules)))
     names.update(f.desc.var for f in p.env.python_env.local_modules if f.desc.var)
     names.update(p.s3_mount_ids)
     names.update(p.dataset_ids)

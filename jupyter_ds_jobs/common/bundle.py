@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from ..core.errors import InvalidArgument, NotFound
+from jupyter_ds_jobs.common.errors import InvalidArgument, NotFound
 
 __all__ = ["EXCLUDED_DIRS", "EXCLUDED_SUFFIXES", "HashCache", "safe_extract", "sha256_file", "zip_path"]
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from jupyter_ds_jobs.core.errors import FailedPrecondition
+from jupyter_ds_jobs.common.errors import FailedPrecondition
 
 __all__ = [
     "CONNECTION_FILE_NAME",

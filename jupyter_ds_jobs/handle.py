@@ -1,0 +1,319 @@
+"""The handle of a job started by ``%%ds_job`` or reattached by ``%ds_job_attach``: it follows the
+job's logs and progress into a view, waits (Ctrl-C cancels), and loads the results into the kernel."""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import contextlib
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from IPython.core.interactiveshell import InteractiveShell
+
+from jupyter_ds_jobs._proto import jobs_pb2
+from jupyter_ds_jobs.common.contract import status_name
+from jupyter_ds_jobs.common.errors import DsJobsError, JobFailed
+from jupyter_ds_jobs.packaging import celljob
+from jupyter_ds_jobs.packaging.cellio import RemoteError
+from jupyter_ds_jobs.packaging.celljob import CellJob
+from jupyter_ds_jobs.packaging.runner import ERROR_FILE, OUTPUTS_DIR, OUTPUTS_MANIFEST, OUTPUTS_ZIP
+from jupyter_ds_jobs.widgets import JobView, Summary, TextView
+
+__all__ = ["DsJob"]
+
+_TAIL_LINES = 20
+_SYSTEM_SHOWN = re.compile(r"environment|error|cancel|SIGKILL|signal|waiting for a free slot", re.I)
+
+
+class DsJob:
+    """A job started by ``%%ds_job`` or reattached by ``%ds_job_attach``.
+
+    ``result()`` waits for the end and loads the cell's variables into the namespace (once),
+    raising the remote exception when the cell failed; ``cancel()`` cancels the job; ``status``
+    is the last known status name; ``logs`` the last lines of output.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        job_id: str,
+        *,
+        shell: InteractiveShell | None,
+        view: JobView,
+        name: str = "",
+        cell: CellJob | None = None,
+        output_dir: Path | None = None,
+        op: Any = None,
+    ) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.name = name
+        self.shell = shell
+        self.view = view
+        self.cell = cell
+        self.output_dir = Path(output_dir) if output_dir is not None else Path.cwd()
+        self.status = "CREATING"
+        self.return_code: int | None = None
+        self.values: dict[str, object] = {}
+        self.files: list[Path] = []
+        self.unpicklable: dict[str, str] = {}
+        self.error: BaseException | None = None
+        self._op = op
+        self._t0 = time.monotonic()
+        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self._decoders = {
+            False: codecs.getincrementaldecoder("utf-8")("replace"),
+            True: codecs.getincrementaldecoder("utf-8")("replace"),
+        }
+        self._logs: Any = None
+        self._done = threading.Event()
+        self._loaded = False
+        self._finish_lock = threading.Lock()
+        self._wait_error: BaseException | None = None
+        self._result: Any = None
+        self._waiter: threading.Thread | None = None
+        self._cancel_requested = 0
+
+    def __repr__(self) -> str:
+        return f"<DsJob {self.name + ' ' if self.name else ''}{self.job_id} {self.status.lower()}>"
+
+    # -- logs ----------------------------------------------------------------------------------
+    def _on_log(self, m: Any) -> None:
+        source = m.WhichOneof("source")
+        if source == "file_path":
+            text = m.content.decode("utf-8", "replace").rstrip("\n")
+            if "_ds_" in text:  # the runner's own files (e.g. no _ds_error.json: no error)
+                return
+            if text and (_SYSTEM_SHOWN.search(text) or not isinstance(self.view, TextView)):
+                self.view.note(text)
+            return
+        stderr = source == "standard_stream" and m.standard_stream == 2
+        text = self._decoders[stderr].decode(m.content)
+        if not text:
+            return
+        for line in text.splitlines():
+            self._tail.append(("[stderr] " if stderr else "") + line)
+        self.view.log(text, stderr)
+
+    def start_logs(self, offset: int = 0) -> None:
+        self._logs = self.client.logs_thread(self.job_id, self._on_log, offset)
+
+    def _stop_logs(self, wait: float = 5.0) -> None:
+        logs = self._logs
+        if logs is None:
+            return
+        # the server ends the stream when the job is final: wait for it to drain, then stop
+        if not logs.join(wait):
+            logs.stop()
+            logs.join(1.0)
+
+    @property
+    def logs(self) -> str:
+        """The last lines of the job's output."""
+        return "\n".join(self._tail)
+
+    # -- waiting -------------------------------------------------------------------------------
+    def _on_progress(self, *args: Any) -> None:
+        for a in args:
+            if isinstance(a, jobs_pb2.Job):
+                self._set_status(a.status, a.status_details)
+            elif isinstance(a, jobs_pb2.JobProgress):
+                self.view.progress(a.message, int(a.progress))
+
+    def _set_status(self, status: int, details: str = "") -> None:
+        name = status_name(status)
+        if name != self.status or details:
+            self.status = name
+            self.view.status(name, details)
+
+    def _wait_interruptible(self, interruptible: bool) -> Any:
+        """``client.wait``; Ctrl-C cancels gracefully, a second one kills, then re-raises."""
+        interrupted: KeyboardInterrupt | None = None
+        while True:
+            try:
+                wake = self._logs.done if self._logs is not None else None
+                return self.client.wait(
+                    self.job_id, self._op, on_progress=self._on_progress, wake=wake, poll=0.02
+                )
+            except KeyboardInterrupt as e:
+                if not interruptible:
+                    raise
+                interrupted = interrupted or e
+                self._cancel_requested += 1
+                graceful = self._cancel_requested == 1
+                self.view.note(
+                    "interrupted: cancelling the job gracefully (interrupt again to kill it)"
+                    if graceful
+                    else "interrupted again: killing the job"
+                )
+                with contextlib.suppress(DsJobsError):
+                    self.client.cancel(self.job_id, graceful=graceful, reason="kernel interrupted")
+
+    def _run_to_end(self, interruptible: bool) -> None:
+        try:
+            self._result = self._wait_interruptible(interruptible)
+        except BaseException as e:
+            self._wait_error = e
+        finally:
+            self._stop_logs()
+            if self._result is not None:
+                job = self._result.job
+                self._set_status(job.status, job.status_details)
+                self.return_code = self._result.return_code
+            self._done.set()
+
+    def run(self, *, interruptible: bool = True) -> None:
+        """Wait for the job in this thread (Ctrl-C cancels it)."""
+        self._run_to_end(interruptible)
+        if self._cancel_requested and self.status == "CANCELLED":
+            self._finish(load=False)
+            raise KeyboardInterrupt(f"job {self.job_id} was cancelled")
+        if isinstance(self._wait_error, KeyboardInterrupt | SystemExit):
+            raise self._wait_error
+
+    def run_in_background(self) -> None:
+        """Wait in a daemon thread: the widget keeps updating; ``result()`` loads the results."""
+        self._waiter = threading.Thread(
+            target=self._run_to_end, args=(False,), name=f"ds-job-{self.job_id}", daemon=True
+        )
+        self._waiter.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the job is final; True when it is."""
+        if self._waiter is not None:
+            self._waiter.join(timeout)
+        return self._done.wait(0 if self._waiter is not None else timeout)
+
+    def cancel(self, graceful: bool = True) -> None:
+        """Cancel the job (``graceful``: its graceful-shutdown signal first)."""
+        self._cancel_requested += 1
+        self.client.cancel(self.job_id, graceful=graceful, reason="cancelled from the notebook")
+
+    def result(self, timeout: float | None = None) -> dict[str, object]:
+        """Wait for the end, load the variables into the namespace, return them.
+
+        Raises the remote exception (with its traceback) when the cell failed, ``JobFailed`` for a
+        non-zero exit without one, ``TimeoutError`` when ``timeout`` passes first.
+        """
+        if self._waiter is None and not self._done.is_set():
+            self.run(interruptible=True)
+        elif not self.wait(timeout):
+            raise TimeoutError(f"job {self.job_id} is still {self.status.lower()} after {timeout} s")
+        self._finish(load=True)
+        return dict(self.values)
+
+    # -- results -------------------------------------------------------------------------------
+    def _finish(self, *, load: bool) -> None:
+        with self._finish_lock:
+            if not self._loaded:
+                self._loaded = True
+                self._collect(load)
+        if self._wait_error is not None and not isinstance(self._wait_error, KeyboardInterrupt):
+            raise self._wait_error
+        self._raise_if_failed()
+
+    def _collect(self, load: bool) -> None:
+        message = ""
+        try:
+            if self._wait_error is None:
+                self._download_and_load(load)
+        except DsJobsError as e:
+            message = f"could not bring the results back: {e}"
+            self.error = self.error or e
+        finally:
+            self.view.finished(
+                Summary(
+                    status=self.status,
+                    return_code=self.return_code,
+                    duration_s=time.monotonic() - self._t0,
+                    variables=list(self.values),
+                    files=[str(p) for p in self.files],
+                    unpicklable=self.unpicklable,
+                    message=message or (f"error: {self._wait_error}" if self._wait_error else ""),
+                )
+            )
+            self.view.close()
+
+    def _download_and_load(self, load: bool) -> None:
+        ours_p = celljob.is_cell_output
+        urls = self._result is not None and bool(self._result.output_files)
+        if urls:  # the URLs came with the operation
+            storage = list(self._result.output_files)
+            ours: list[Any] = [sf for sf in storage if ours_p(sf.file.desc.path)]
+            user: list[Any] = [sf for sf in storage if not ours_p(sf.file.desc.path)]
+
+            def fetch(items: list[Any], dest: Path, extract: bool) -> list[Path]:
+                return list(self.client.download_storage_files(items, dest, extract=extract))
+        else:  # ask the server for them
+            files = list(self.client.get(self.job_id).output_files)
+            ours = [f for f in files if ours_p(f.desc.path)]
+            user = [f for f in files if not ours_p(f.desc.path)]
+
+            def fetch(items: list[Any], dest: Path, extract: bool) -> list[Path]:
+                return list(self.client.download(self.job_id, items, dest, extract=extract))
+
+        tmp = Path(tempfile.mkdtemp(prefix="ds-job-results-"))
+        try:
+            got = fetch(ours, tmp, False) if ours else []
+            by_name = {p.name: p for p in got}
+            outputs = tmp / OUTPUTS_DIR if (tmp / OUTPUTS_DIR / OUTPUTS_MANIFEST).exists() else None
+            res = celljob.load_cell_results(outputs or by_name.get(OUTPUTS_ZIP), by_name.get(ERROR_FILE))
+            self.unpicklable = res.unpicklable
+            self.error = res.error
+            if user:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                self.files = fetch(user, self.output_dir, True)
+            if load and self.shell is not None:
+                self.shell.user_ns.update(res.values)
+                if self.cell is not None and self.error is None and self.status == "SUCCESS":
+                    for name in self.cell.deletes:
+                        self.shell.user_ns.pop(name, None)
+            self.values = res.values
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for name, why in self.unpicklable.items():
+            print(f"ds_job: variable {name!r} did not come back: {why}", file=sys.stderr)
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None and self.status != "CANCELLED":
+            raise _with_remote_traceback(self.error, self.job_id)
+        if self.status == "CANCELLED":
+            if not self._cancel_requested:
+                raise JobFailed(f"job {self.job_id} was cancelled", return_code=self.return_code)
+            return
+        if self.status == "ERROR" or (self.return_code not in (None, 0)):
+            tail = self.logs
+            raise JobFailed(
+                f"job {self.job_id} failed"
+                + (f" with exit code {self.return_code}" if self.return_code is not None else "")
+                + (f" ({self.details})" if self.details else "")
+                + (f"; last lines of its output:\n{tail}" if tail else ""),
+                return_code=self.return_code,
+            )
+
+    @property
+    def details(self) -> str:
+        if self._result is None:
+            return ""
+        return str(self._result.job.status_details)
+
+
+def _with_remote_traceback(exc: BaseException, job_id: str) -> BaseException:
+    """``exc`` shown by IPython as the remote traceback only (``_render_traceback_``)."""
+    remote = exc if isinstance(exc, RemoteError) else exc.__cause__
+    if isinstance(remote, RemoteError) and remote.formatted:
+        lines = [f"Remote traceback (job {job_id}):", *remote.formatted.rstrip("\n").split("\n")]
+
+        def render() -> list[str]:
+            return lines
+
+        with contextlib.suppress(AttributeError, TypeError):
+            exc._render_traceback_ = render  # type: ignore[attr-defined]
+    return exc
