@@ -17,11 +17,11 @@ import pytest
 
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.common.errors import FailedPrecondition, InvalidArgument
+from jupyter_ds_jobs.common.requirements import normalize_requirement
 from jupyter_ds_jobs.server.environments import (
     EnvironmentBuildError,
     EnvironmentCache,
     EnvSpec,
-    normalize_requirement,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -215,7 +215,19 @@ def test_bad_requirement_string_is_invalid_argument_naming_it() -> None:
         EnvSpec.from_proto(jobs_pb2.PythonEnv(requirements=["tinypkg", "numpy=>1.0"]))
     assert info.value.field == "env.python_env.requirements"
     assert "'numpy=>1.0'" in str(info.value)
-    for bad in ["foo==", "-e .", "foo bar", "foo[x", "foo; bogus == '1'", "foo @ not-a-url", ""]:
+    # pypa packaging's grammar, as pip and uv read it: "pkg~=1" and a local version in a range are
+    # refused here, not later in uv
+    for bad in [
+        "foo==",
+        "-e .",
+        "foo bar",
+        "foo[x",
+        "foo; bogus == '1'",
+        "foo @ not-a-url",
+        "",
+        "pkg~=1",
+        "pkg>=1.0+local",
+    ]:
         with pytest.raises(ValueError):
             normalize_requirement(bad)
     with pytest.raises(InvalidArgument, match="python_version"):
@@ -235,7 +247,7 @@ def test_from_proto_reads_pip_options() -> None:
     )
     s = EnvSpec.from_proto(pe)
     assert s.python_version == "3.11"
-    assert s.requirements == ("a", "b-pkg[x]>=1; python_version >= '3.8'")
+    assert s.requirements == ("a", 'b-pkg[x]>=1; python_version >= "3.8"')
     assert s.uv_install_args() == [
         "--index-url",
         "https://mirror/simple",

@@ -503,8 +503,8 @@ def test_requirements_continuations_options_and_errors(tmp_path: Path) -> None:
     assert msg.startswith("env.python.requirements-file: ") and "includes itself" in msg
     msg = err("cmd: x\nenv: {python: {type: manual, requirements-file: editable.txt}}\n", tmp_path)
     assert (
-        msg
-        == "env.python.requirements-file: editable.txt:2: pip option '-e' is not supported in a job's requirements"
+        msg == "env.python.requirements-file: editable.txt:2: pip option '-e' is not supported in a job "
+        "(only --index-url, --extra-index-url, --trusted-host, --no-deps)"
     )
     msg = err("cmd: x\nenv: {python: {type: manual, requirements-file: nope.txt}}\n", tmp_path)
     assert msg.startswith("env.python.requirements-file: cannot read requirements file")

@@ -25,7 +25,15 @@ from pathlib import Path, PurePosixPath
 
 from jupyter_ds_jobs.common.errors import InvalidArgument, NotFound
 
-__all__ = ["EXCLUDED_DIRS", "EXCLUDED_SUFFIXES", "HashCache", "safe_extract", "sha256_file", "zip_path"]
+__all__ = [
+    "EXCLUDED_DIRS",
+    "EXCLUDED_SUFFIXES",
+    "HashCache",
+    "extract_as",
+    "safe_extract",
+    "sha256_file",
+    "zip_path",
+]
 
 #: Directory names never put in a ZIP.
 EXCLUDED_DIRS = frozenset({"__pycache__", ".git", ".ipynb_checkpoints"})
@@ -235,3 +243,20 @@ def safe_extract(zip_file: Path, dest: Path) -> None:
                 shutil.copyfileobj(fin, fout, _CHUNK)
             if mode & 0o111:
                 os.chmod(target, 0o755)
+
+
+def extract_as(zip_file: Path, target: Path) -> None:
+    """Extract a ZIP of a file or directory so that it lands at ``target``.
+
+    A ZIP made by :func:`zip_path` of a directory named like ``target`` has its entries rooted at
+    that name (``data/``, ``data/a.csv``): they go into ``target``'s parent. Any other ZIP goes
+    into ``target`` itself. Used by the client for ZIP outputs and by the server for ZIP inputs.
+    """
+    target = Path(target)
+    with zipfile.ZipFile(zip_file) as zf:
+        names = [n for n in zf.namelist() if n]
+    prefix = target.name + "/"
+    rooted = bool(names) and all(n.startswith(prefix) for n in names)
+    dest = target.parent if rooted else target
+    dest.mkdir(parents=True, exist_ok=True)
+    safe_extract(zip_file, dest)

@@ -20,7 +20,6 @@ are the classes of :mod:`jupyter_ds_jobs.common.errors`. Imports nothing from IP
 from __future__ import annotations
 
 import builtins
-import contextlib
 import ipaddress
 import os
 import threading
@@ -36,17 +35,17 @@ import grpc
 
 from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, ops_grpc, ops_pb2, pjs_grpc, pjs_pb2
 from jupyter_ds_jobs._version import __version__
+from jupyter_ds_jobs.common.bundle import extract_as
 from jupyter_ds_jobs.common.connection import blob_path
 from jupyter_ds_jobs.common.contract import FINAL_STATUSES, LOCAL_MODULE_PREFIX, status_name
 from jupyter_ds_jobs.common.errors import (
     DsJobsError,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
-    PermissionDenied,
     Unauthenticated,
     Unavailable,
     from_rpc_error,
+    from_status,
 )
 from jupyter_ds_jobs.core import transfer
 from jupyter_ds_jobs.core.config import Settings
@@ -68,23 +67,6 @@ DATASPHERE_ENDPOINT = "datasphere.api.cloud.yandex.net:443"
 DATASPHERE_OPERATION_ENDPOINT = "operation.api.cloud.yandex.net:443"
 STREAM_TIMEOUT = 3600.0
 _R = TypeVar("_R")
-
-_BY_CODE: dict[int, type[DsJobsError]] = {
-    3: InvalidArgument,
-    9: FailedPrecondition,
-    5: NotFound,
-    16: Unauthenticated,
-    7: PermissionDenied,
-    14: Unavailable,
-}
-
-
-def _op_error(op: op_pb2.Operation) -> DsJobsError:
-    cls = _BY_CODE.get(op.error.code, DsJobsError)
-    exc = cls(op.error.message or f"operation {op.id} failed with code {op.error.code}")
-    with contextlib.suppress(ValueError):
-        exc.code = next(c for c in grpc.StatusCode if c.value[0] == op.error.code)
-    return exc
 
 
 class JobSource(Protocol):
@@ -338,7 +320,7 @@ class JobsClient:
             interval = min(interval * 1.5, max_poll)
             op = self._rpc(self._ops.Get, ops_pb2.GetOperationRequest(operation_id=op.id))
         if op.HasField("error"):
-            raise _op_error(op)
+            raise from_status(op.error.code, op.error.message or f"operation {op.id} failed")
         return op
 
     # -- creating ---------------------------------------------------------------------
@@ -714,7 +696,7 @@ class JobsClient:
                 tmp = target.parent / f".{target.name}.download.zip"
                 fetch(sf, tmp)
                 try:
-                    _extract_output(tmp, target)
+                    extract_as(tmp, target)
                 finally:
                     tmp.unlink(missing_ok=True)
             else:
@@ -739,13 +721,3 @@ def local_target(dest: Path, desc_path: str) -> Path:
     if p.is_absolute() or ".." in p.parts or not p.parts:
         return dest / (p.name or "file")
     return dest.joinpath(*p.parts)
-
-
-def _extract_output(zip_file: Path, target: Path) -> None:
-    import zipfile
-
-    with zipfile.ZipFile(zip_file) as z:
-        names = [n for n in z.namelist() if n]
-    prefix = target.name + "/"
-    into = target.parent if names and all(n.startswith(prefix) for n in names) else target
-    transfer.extract_zip(zip_file, into)

@@ -34,15 +34,14 @@ from urllib.parse import urlsplit
 
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs._version import __version__
-from jupyter_ds_jobs.common.bundle import HashCache, safe_extract, zip_path
+from jupyter_ds_jobs.common.bundle import HashCache, zip_path
 from jupyter_ds_jobs.common.errors import (
     DsJobsError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
-    Unauthenticated,
     Unavailable,
+    from_http,
 )
 
 __all__ = [
@@ -305,21 +304,6 @@ def prepare_files(
 # --------------------------------------------------------------------------- HTTP
 
 
-def _http_error(status: int, body: bytes, what: str) -> DsJobsError:
-    text = body.decode("utf-8", "replace").strip().splitlines()
-    detail = text[0][:300] if text else ""
-    msg = f"{what}: HTTP {status}{': ' + detail if detail else ''}"
-    cls: type[DsJobsError] = {
-        400: InvalidArgument,
-        401: Unauthenticated,
-        403: PermissionDenied,
-        404: NotFound,
-        409: FailedPrecondition,
-        503: Unavailable,
-    }.get(status, DsJobsError)
-    return cls(msg)
-
-
 def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
     parts = urlsplit(url)
     target = parts.path or "/"
@@ -352,7 +336,7 @@ def _put_once(url: str, path: Path, size: int, tracker: ProgressTracker, timeout
         resp = conn.getresponse()
         body = resp.read()
         if resp.status not in (200, 201, 204):
-            raise _http_error(resp.status, body, f"upload of {path.name}")
+            raise from_http(resp.status, body, f"upload of {path.name}")
     except BaseException:
         tracker.add(-sent)
         raise
@@ -437,7 +421,7 @@ def _get_into(
             if hasher is not None:
                 hasher.reset()
         elif resp.status not in (200, 206):
-            raise _http_error(resp.status, resp.read(), f"download of {name}")
+            raise from_http(resp.status, resp.read(), f"download of {name}")
         got = start
         while chunk := resp.read(CHUNK):
             f.write(chunk)
@@ -566,8 +550,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def extract_zip(zip_file: Path, dest_dir: Path) -> None:
-    """Extract a downloaded ZIP output (entries rooted at the output's name) into ``dest_dir``."""
-    safe_extract(zip_file, dest_dir)

@@ -36,10 +36,12 @@ from pathlib import Path, PurePosixPath
 
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.common.errors import InvalidArgument
-from jupyter_ds_jobs.packaging import cellio, jobspec
+from jupyter_ds_jobs.common.requirements import read_requirements_file
+from jupyter_ds_jobs.core.transfer import LocalFile
+from jupyter_ds_jobs.packaging import cellio
 from jupyter_ds_jobs.packaging.analysis import analyze_source, requirements_for_modules
 from jupyter_ds_jobs.packaging.cell import CellAnalysis, analyze_cell
-from jupyter_ds_jobs.packaging.jobspec import LocalFile
+from jupyter_ds_jobs.packaging.jobspec import local_module_files
 from jupyter_ds_jobs.packaging.runner import (
     CELL_FILE,
     ERROR_FILE,
@@ -251,10 +253,6 @@ def object_modules(value: object, *, depth: int = 2, max_items: int = 64) -> set
     return found
 
 
-def _read_requirements_file(path: Path, pip: jobs_pb2.PipOptions) -> list[str]:
-    return jobspec._read_requirements(path, "--requirements", pip)
-
-
 # --------------------------------------------------------------------------- building the job
 
 
@@ -409,14 +407,14 @@ def _stage(
         pass
     else:
         pip = jobs_pb2.PipOptions()
-        requirements = _read_requirements_file(Path(mode).expanduser(), pip)
+        requirements = read_requirements_file(Path(mode).expanduser(), pip, field="--requirements")
         if pip.ListFields():
             py.pip_options.CopyFrom(pip)
     for spec in opts.pip:
         if spec not in requirements:
             requirements.append(spec)
     py.requirements.extend(requirements)
-    module_files = jobspec._local_module_files(local_modules)
+    module_files = local_module_files(local_modules)
     files.extend(module_files)
     for k, v in opts.env.items():
         params.env.vars[k] = v

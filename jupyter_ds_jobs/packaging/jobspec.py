@@ -39,6 +39,7 @@ from jupyter_ds_jobs.common.contract import (
     is_safe_relpath,
 )
 from jupyter_ds_jobs.common.errors import ConfigError
+from jupyter_ds_jobs.common.requirements import read_requirements_file
 from jupyter_ds_jobs.core.transfer import LocalFile
 from jupyter_ds_jobs.packaging.analysis import analyze_script
 
@@ -50,6 +51,7 @@ __all__ = [
     "LocalFile",
     "fork_overrides",
     "load_config",
+    "local_module_files",
     "parse_config",
     "parse_duration",
     "parse_size_gb",
@@ -459,75 +461,6 @@ def _python_version(node: Node, key: str) -> str:
     return f"{m.group(1)}.{m.group(2)}"
 
 
-_REQ_OPTS_WITH_VALUE = {
-    "-i": "index-url",
-    "--index-url": "index-url",
-    "--extra-index-url": "extra-index-urls",
-    "--trusted-host": "trusted-hosts",
-}
-
-
-def _read_requirements(
-    path: Path, key: str, pip: jobs_pb2.PipOptions, stack: tuple[Path, ...] = ()
-) -> list[str]:
-    """Requirement lines of a pip requirements file; ``-r`` includes resolve against the file."""
-    path = path.resolve()
-    if path in stack:
-        raise ConfigError(f"{path} includes itself (via {' -> '.join(str(p) for p in stack)})", field=key)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read requirements file {str(path)!r}: {exc.strerror or exc}", field=key
-        ) from exc
-    out: list[str] = []
-    logical: list[tuple[int, str]] = []
-    buf, start = "", 0
-    for n, raw in enumerate(text.splitlines(), 1):
-        if not buf:
-            start = n
-        if raw.endswith("\\"):
-            buf += raw[:-1]
-            continue
-        logical.append((start, buf + raw))
-        buf = ""
-    if buf:
-        logical.append((start, buf))
-    for n, line in logical:
-        line = re.sub(r"(^|\s)#.*$", "", line).strip()
-        if not line:
-            continue
-        where = f"{path.name}:{n}"
-        if line.startswith("-"):
-            m = re.fullmatch(r"(-{1,2}[A-Za-z][A-Za-z-]*)(?:(?:=|\s+)(.*))?", line)
-            opt, value = (m.group(1), (m.group(2) or "").strip()) if m else (line, "")
-            if opt in ("-r", "--requirement"):
-                if not value:
-                    raise ConfigError(f"{where}: {opt} needs a file name", field=key)
-                out += _read_requirements(path.parent / value, key, pip, (*stack, path))
-            elif opt in _REQ_OPTS_WITH_VALUE:
-                if not value:
-                    raise ConfigError(f"{where}: {opt} needs a value", field=key)
-                target = _REQ_OPTS_WITH_VALUE[opt]
-                if target == "index-url":
-                    if not pip.index_url:
-                        pip.index_url = value
-                elif target == "extra-index-urls":
-                    if value not in pip.extra_index_urls:
-                        pip.extra_index_urls.append(value)
-                elif value not in pip.trusted_hosts:
-                    pip.trusted_hosts.append(value)
-            elif opt == "--no-deps":
-                pip.no_deps = True
-            else:
-                raise ConfigError(
-                    f"{where}: pip option {opt!r} is not supported in a job's requirements", field=key
-                )
-            continue
-        out.append(line)
-    return out
-
-
 PYTHON_KEYS = ("type", "version", "requirements-file", "local-paths", "root-paths", "pip")
 PIP_KEYS = ("index-url", "extra-index-urls", "trusted-hosts", "no-deps")
 
@@ -592,7 +525,7 @@ def _parse_python(
         if "requirements-file" in spec:
             rkey = f"{key}.requirements-file"
             rel = _str(spec["requirements-file"], rkey)
-            py.requirements.extend(_read_requirements(base_dir / rel, rkey, pip))
+            py.requirements.extend(read_requirements_file(base_dir / rel, pip, field=rkey))
         if "local-paths" in spec:
             lkey = f"{key}.local-paths"
             for i, p in enumerate(_list(spec["local-paths"], lkey, allow_scalar=True)):
@@ -647,7 +580,8 @@ def _parse_python(
     return py, unique, entry
 
 
-def _local_module_files(paths: list[Path]) -> list[LocalFile]:
+def local_module_files(paths: list[Path]) -> list[LocalFile]:
+    """One ZIP input per local module, with the official client's ``_LOCAL_MODULE_<i>`` vars."""
     out: list[LocalFile] = []
     used: set[str] = set()
     for i, p in enumerate(paths):
@@ -868,7 +802,7 @@ def parse_config(
         if "python" in espec:
             py, modules, entry = _parse_python(espec["python"], cmd, base_dir, analyze)
             penv.python_env.CopyFrom(py)
-            local_modules = _local_module_files(modules)
+            local_modules = local_module_files(modules)
             if (
                 entry is not None
                 and entry.input_path

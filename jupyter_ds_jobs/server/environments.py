@@ -39,29 +39,27 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.common.connection import pid_alive
 from jupyter_ds_jobs.common.errors import FailedPrecondition, InvalidArgument
-
-if TYPE_CHECKING:
-    from jupyter_ds_jobs._proto import jobs_pb2
+from jupyter_ds_jobs.common.requirements import apply_pip_option, normalize_requirement, split_pip_option
 
 __all__ = [
     "EnvSpec",
     "Environment",
     "EnvironmentBuildError",
     "EnvironmentCache",
-    "normalize_requirement",
 ]
 
 LogFn = Callable[[str], None]
 
-_KEY_FORMAT = 1
+_KEY_FORMAT = 2  # 2: requirements in pypa packaging's normal form
 _MARKER = ".jds-env.json"
 _REQ_FIELD = "env.python_env.requirements"
 _VERSION_FIELD = "env.python_env.python_version"
@@ -86,197 +84,14 @@ class EnvironmentBuildError(FailedPrecondition):
 
 
 # --------------------------------------------------------------------------------------------------
-# Requirement strings (PEP 508), validated without third-party packages.
-
-_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
-_VERSION_RE = re.compile(
-    r"v?(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*"
-    r"(?:[-_.]?(?:a|b|c|rc|alpha|beta|pre|preview)[-_.]?[0-9]*)?"
-    r"(?:-[0-9]+|[-_.]?(?:post|rev|r)[-_.]?[0-9]*)?"
-    r"(?:[-_.]?dev[-_.]?[0-9]*)?"
-    r"(?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?",
-    re.IGNORECASE,
-)
-_SPEC_RE = re.compile(r"\s*(~=|===|==|!=|<=|>=|<|>)\s*([^\s,;()]+)\s*")
-_MARKER_VARS = frozenset(
-    {
-        "python_version",
-        "python_full_version",
-        "os_name",
-        "sys_platform",
-        "platform_release",
-        "platform_system",
-        "platform_version",
-        "platform_machine",
-        "platform_python_implementation",
-        "implementation_name",
-        "implementation_version",
-        "extra",
-        "dependency_groups",
-        "extras",
-        # legacy spellings still accepted by pip
-        "os.name",
-        "sys.platform",
-        "platform.version",
-        "platform.machine",
-        "platform.python_implementation",
-        "python_implementation",
-    }
-)
-_MARKER_TOKEN = re.compile(
-    r"\s*(?:(?P<str>'[^']*'|\"[^\"]*\")|(?P<op>===|==|!=|<=|>=|~=|<|>|not\s+in\b|in\b)"
-    r"|(?P<kw>and\b|or\b)|(?P<paren>[()])|(?P<var>[A-Za-z_][A-Za-z0-9_.]*))"
-)
-
-
-def canonical_name(name: str) -> str:
-    """PEP 503 normalized project name."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _check_marker(marker: str) -> str:
-    """Validate a PEP 508 environment marker; return it with whitespace collapsed."""
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    text = marker.strip()
-    while pos < len(text):
-        m = _MARKER_TOKEN.match(text, pos)
-        if m is None or m.end() == pos:
-            raise ValueError(f"cannot parse the marker at {text[pos:]!r}")
-        kind = m.lastgroup or ""
-        tokens.append((kind, m.group(kind)))
-        pos = m.end()
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-    if not tokens:
-        raise ValueError("empty marker after ';'")
-    i = 0
-
-    def value() -> None:
-        nonlocal i
-        if i >= len(tokens):
-            raise ValueError("marker ends too early")
-        kind, tok = tokens[i]
-        if kind == "var" and tok not in _MARKER_VARS:
-            raise ValueError(f"unknown marker variable {tok!r}")
-        if kind not in ("var", "str"):
-            raise ValueError(f"expected a marker variable or a quoted string, got {tok!r}")
-        i += 1
-
-    def atom() -> None:
-        nonlocal i
-        if i < len(tokens) and tokens[i] == ("paren", "("):
-            i += 1
-            expr()
-            if i >= len(tokens) or tokens[i] != ("paren", ")"):
-                raise ValueError("unbalanced '(' in the marker")
-            i += 1
-            return
-        value()
-        if i >= len(tokens) or tokens[i][0] != "op":
-            raise ValueError("expected a comparison operator in the marker")
-        i += 1
-        value()
-
-    def expr() -> None:
-        nonlocal i
-        atom()
-        while i < len(tokens) and tokens[i][0] == "kw":
-            i += 1
-            atom()
-
-    expr()
-    if i != len(tokens):
-        raise ValueError(f"unexpected {tokens[i][1]!r} in the marker")
-    out = ""
-    for kind, tok in tokens:
-        if out and not out.endswith("(") and tok != ")":
-            out += " "
-        out += " ".join(tok.split()) if kind == "op" else tok
-    return out
-
-
-def _check_specifiers(text: str) -> str:
-    inner = text.strip()
-    if inner.startswith("("):
-        if not inner.endswith(")"):
-            raise ValueError("unbalanced '(' in the version specifier")
-        inner = inner[1:-1]
-    if not inner.strip():
-        return ""
-    out: list[str] = []
-    for part in inner.split(","):
-        m = _SPEC_RE.fullmatch(part)
-        if m is None:
-            raise ValueError(f"bad version specifier {part.strip()!r}")
-        op, version = m.groups()
-        if op != "===":
-            base = version[:-2] if op in ("==", "!=") and version.endswith(".*") else version
-            if not _VERSION_RE.fullmatch(base):
-                raise ValueError(f"bad version {version!r}")
-        out.append(op + version)
-    return ",".join(out)
-
-
-def normalize_requirement(requirement: str) -> str:
-    """Validate one pip requirement string (PEP 508) and return its normalized form.
-
-    The name is canonicalized and lower-cased, extras sorted, whitespace collapsed. Raises
-    ``ValueError`` with the reason on a string pip would not accept as a requirement.
-    """
-    text = requirement.strip()
-    if not text:
-        raise ValueError("empty requirement")
-    if text.startswith("-"):
-        raise ValueError("pip options are not requirements; use pip_options")
-    m = _NAME_RE.match(text)
-    if m is None:
-        raise ValueError("a requirement must start with a project name")
-    out = canonical_name(m.group(0))
-    pos = m.end()
-    rest = text[pos:].lstrip()
-    if rest.startswith("["):
-        close = rest.find("]")
-        if close < 0:
-            raise ValueError("unclosed '[' in extras")
-        extras = [e.strip() for e in rest[1:close].split(",") if e.strip()]
-        for extra in extras:
-            if not _NAME_RE.fullmatch(extra):
-                raise ValueError(f"bad extra name {extra!r}")
-        if extras:
-            out += "[" + ",".join(sorted({canonical_name(e) for e in extras})) + "]"
-        rest = rest[close + 1 :].lstrip()
-    marker = ""
-    if rest.startswith("@"):
-        m_url = re.fullmatch(r"(\S+)(?:\s+;(.*))?", rest[1:].strip(), re.DOTALL)
-        if m_url is None or not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", m_url.group(1)):
-            raise ValueError(f"bad URL after '@' in {rest!r} (a marker needs a space before ';')")
-        out += " @ " + m_url.group(1)
-        if m_url.group(2) is not None:
-            marker = _check_marker(m_url.group(2))
-    else:
-        spec_text, sep, marker_text = rest.partition(";")
-        specs = _check_specifiers(spec_text)
-        out += specs
-        if sep:
-            marker = _check_marker(marker_text)
-    if marker:
-        out += "; " + marker
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
 # conda YAML
 
 
 @dataclass
 class _CondaParts:
     python_version: str = ""
-    requirements: list[str] | None = None
-    index_url: str = ""
-    extra_index_urls: list[str] | None = None
-    trusted_hosts: list[str] | None = None
-    no_deps: bool = False
+    requirements: list[str] = field(default_factory=list)
+    pip: jobs_pb2.PipOptions = field(default_factory=jobs_pb2.PipOptions)
 
 
 def _python_major_minor(text: str, field: str) -> str:
@@ -287,35 +102,17 @@ def _python_major_minor(text: str, field: str) -> str:
 
 
 def _parse_pip_lines(lines: Sequence[str], parts: _CondaParts) -> None:
-    reqs = parts.requirements if parts.requirements is not None else []
-    extra = parts.extra_index_urls if parts.extra_index_urls is not None else []
-    hosts = parts.trusted_hosts if parts.trusted_hosts is not None else []
     for raw in lines:
         if not isinstance(raw, str):
             raise InvalidArgument(f"pip entry {raw!r} is not a string", field=_CONDA_FIELD)
         line = raw.strip()
         if not line.startswith("-"):
-            reqs.append(line)
+            parts.requirements.append(line)
             continue
-        opt, _, value = (
-            line.replace("=", " ", 1).partition(" ") if line.startswith("--") else line.partition(" ")
-        )
-        value = value.strip()
-        if opt == "--no-deps" and not value:
-            parts.no_deps = True
-        elif opt in ("--index-url", "-i") and value:
-            parts.index_url = value
-        elif opt == "--extra-index-url" and value:
-            extra.append(value)
-        elif opt == "--trusted-host" and value:
-            hosts.append(value)
-        else:
-            raise InvalidArgument(
-                f"pip option {line!r} is not supported here (only --index-url, --extra-index-url, "
-                "--trusted-host, --no-deps)",
-                field=_CONDA_FIELD,
-            )
-    parts.requirements, parts.extra_index_urls, parts.trusted_hosts = reqs, extra, hosts
+        try:
+            apply_pip_option(parts.pip, *split_pip_option(line))
+        except ValueError as exc:
+            raise InvalidArgument(f"{line!r}: {exc}", field=_CONDA_FIELD) from None
 
 
 def parse_conda_yaml(text: str) -> _CondaParts:
@@ -439,13 +236,12 @@ class EnvSpec:
                         field=_VERSION_FIELD,
                     )
                 version = conda.python_version
-            pip_reqs = conda.requirements or []
-            cls.create("", pip_reqs, field=_CONDA_FIELD)
-            requirements += pip_reqs
-            index_url = index_url or conda.index_url
-            extra += conda.extra_index_urls or []
-            hosts += conda.trusted_hosts or []
-            no_deps = no_deps or conda.no_deps
+            cls.create("", conda.requirements, field=_CONDA_FIELD)
+            requirements += conda.requirements
+            index_url = index_url or conda.pip.index_url
+            extra += conda.pip.extra_index_urls
+            hosts += conda.pip.trusted_hosts
+            no_deps = no_deps or conda.pip.no_deps
         return cls.create(
             version,
             requirements,

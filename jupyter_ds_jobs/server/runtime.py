@@ -18,13 +18,14 @@ import shutil
 import signal
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import grpc
+
 from jupyter_ds_jobs._proto import jobs_pb2
-from jupyter_ds_jobs.common.bundle import safe_extract, sha256_file, zip_path
+from jupyter_ds_jobs.common.bundle import extract_as, safe_extract, sha256_file, zip_path
 from jupyter_ds_jobs.common.contract import (
     CMD_VAR_RE,
     FINAL_STATUSES,
@@ -33,7 +34,7 @@ from jupyter_ds_jobs.common.contract import (
     is_safe_relpath,
     status_name,
 )
-from jupyter_ds_jobs.common.errors import DsJobsError, FailedPrecondition
+from jupyter_ds_jobs.common.errors import DsJobsError, FailedPrecondition, rpc_code
 from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.environments import Environment, EnvironmentCache, EnvSpec
 from jupyter_ds_jobs.server.executors import Executor, LocalExecutor, RunningProcess
@@ -46,9 +47,9 @@ log = logging.getLogger(__name__)
 
 S = jobs_pb2
 # google.rpc.Code values of an Execute operation's error
-CANCELLED_CODE = 1
-ABORTED_CODE = 10
-INTERNAL_CODE = 13
+CANCELLED_CODE = rpc_code(grpc.StatusCode.CANCELLED)
+ABORTED_CODE = rpc_code(grpc.StatusCode.ABORTED)
+INTERNAL_CODE = rpc_code(grpc.StatusCode.INTERNAL)
 PROGRESS_FILE = "job_progress.jsonl"
 
 
@@ -249,7 +250,7 @@ class JobManager:
                     self._finish(job_id, S.CANCELLED, reason)
             except DsJobsError as e:
                 jl.system(f"error: {e}")
-                error = (e.code.value[0], str(e))
+                error = (rpc_code(e.code), str(e))
                 self._finish(job_id, S.ERROR, str(e))
             except Exception as e:  # a bug or an OS error: the job must still end
                 log.exception("job %s failed", job_id)
@@ -333,8 +334,8 @@ class JobManager:
         """Put inputs and local modules in the working dir; return ${VAR} values."""
         p = job.job_parameters
         values: dict[str, str] = {a.name: a.value for a in p.arguments}
-        for f in p.env.python_env.local_modules:
-            self._unpack(f, workdir, workdir)
+        for f in p.env.python_env.local_modules:  # their entries are relative to the job dir
+            safe_extract(self.blobs.path(f.sha256), workdir)
             if f.desc.var:
                 values[f.desc.var] = "."
         for i in range(len(p.env.python_env.local_modules)):
@@ -342,7 +343,7 @@ class JobManager:
         for f in p.input_files:
             dest = place(workdir, f.desc.path, f.desc.var, "inputs")
             if f.compression_type == S.ZIP:
-                self._unpack(f, dest.parent, dest)
+                extract_as(self.blobs.path(f.sha256), dest)
             else:
                 self.blobs.copy_to(f.sha256, dest)
             if f.desc.var:
@@ -357,16 +358,6 @@ class JobManager:
             home.mkdir(parents=True, exist_ok=True)
             values[PROJECT_HOME] = str(home)
         return values
-
-    def _unpack(self, f: jobs_pb2.File, parent: Path, target: Path) -> None:
-        """Extract a ZIP blob: into ``parent`` when its entries are rooted at target's name, else into target."""
-        src = self.blobs.path(f.sha256)
-        with zipfile.ZipFile(src) as z:
-            names = [n for n in z.namelist() if n]
-        prefix = target.name + "/"
-        dest = parent if target != parent and names and all(n.startswith(prefix) for n in names) else target
-        dest.mkdir(parents=True, exist_ok=True)
-        safe_extract(src, dest)
 
     def _base_env(self, job: jobs_pb2.Job, workdir: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DS_JOBS_", "VIRTUAL_ENV"))}
