@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs._version import __version__
 from jupyter_ds_jobs.common.bundle import HashCache, zip_path
+from jupyter_ds_jobs.common.contract import MAX_FILE_BYTES
 from jupyter_ds_jobs.common.errors import (
     DsJobsError,
     FailedPrecondition,
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20
-MAX_UPLOAD_BYTES = 5 * 2**30  # DataSphere refuses larger files
+MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # DataSphere refuses larger files
 HTTP_TIMEOUT = 60.0
 RETRIES = 3
 MAX_CACHED_ZIP_BYTES = 4 * 2**30

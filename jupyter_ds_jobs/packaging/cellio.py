@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import cloudpickle
 
+from jupyter_ds_jobs.common.contract import MAX_FILE_BYTES
 from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.packaging import runner
 from jupyter_ds_jobs.packaging.runner import (
@@ -41,7 +42,7 @@ __all__ = [
     "write_job_dir",
 ]
 
-DEFAULT_MAX_INPUT_BYTES = 5 * 2**30
+DEFAULT_MAX_INPUT_BYTES = MAX_FILE_BYTES  # each input pickle is one job file
 
 
 def _human(n: int) -> str:
