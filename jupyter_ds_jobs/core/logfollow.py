@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from jupyter_ds_jobs._proto import pjs_pb2
 from jupyter_ds_jobs.common.errors import DsJobsError, Unavailable, from_rpc_error
 
-__all__ = ["RETRYABLE", "LogFollower", "follow"]
+__all__ = ["RETRYABLE", "LogFollower", "OnMessage", "OpenStream", "follow"]
 
 #: Codes after which the stream is reopened from the last offset.
 RETRYABLE = frozenset(
@@ -37,12 +37,8 @@ RETRYABLE = frozenset(
 OnMessage = Callable[[pjs_pb2.LogMessage], None]
 
 
-class StreamCall(Protocol):
-    def __iter__(self) -> Iterator[pjs_pb2.ReadProjectJobLogsResponse]: ...
-    def cancel(self) -> bool: ...
-
-
-#: ``open_stream(offset)`` starts a ``ReadLogs`` call from ``offset``.
+#: ``open_stream(offset)`` starts a ``ReadLogs`` call from ``offset``: a gRPC stream call, iterated
+#: for ``ReadProjectJobLogsResponse`` batches and ``cancel()``-ed (Any: grpc ships no type stubs).
 OpenStream = Callable[[int], Any]
 
 
