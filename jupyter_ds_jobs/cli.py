@@ -361,7 +361,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             raise InvalidArgument(f"unknown status {s!r}", field="--status")
         statuses.append(jobs_pb2.JobStatus.Value(name))
     with _client(args) as client:
-        jobs = list(client.list(args.project, statuses, limit=args.limit))
+        jobs = list(client.list_jobs(args.project, statuses, limit=args.limit))
     if args.format == "json":
         print(json.dumps([_job_dict(j) for j in jobs], indent=1))
         return 0
@@ -651,7 +651,7 @@ def cmd_server_status(args: argparse.Namespace) -> int:
     with JobsClient(info.endpoint, info.token, project_id="") as client:
         from jupyter_ds_jobs.common.contract import status_name
 
-        for job in client.list(project_id="", limit=10_000):
+        for job in client.list_jobs(project_id="", limit=10_000):
             counts[status_name(job.status)] = counts.get(status_name(job.status), 0) + 1
     data = {
         "endpoint": info.endpoint,

@@ -264,7 +264,7 @@ class DsJobsMagics(Magics):
         """Show recent jobs as a table, with their status."""
         args = self._parse("ds_jobs", line)
         client = self.get_client(args.endpoint, args.project)
-        jobs = list(client.list(project_id=args.project, limit=args.limit, page_size=min(100, args.limit)))
+        jobs = list(client.list_jobs(args.project, limit=args.limit, page_size=min(100, args.limit)))
         rows = []
         for j in jobs:
             created = (

@@ -226,7 +226,7 @@ def test_fork_with_new_input_var(cli: Cli, client: JobsClient, tmp_path: Path) -
     r = cli("fork", "--id", job_id_of(r.stderr), "--var", f"IN={tmp_path / 'other.txt'}", "--arg", "N=2",
             "--cloud-instance-type", "c1.8", "--name", "forked")  # fmt: skip
     assert r.stdout == "second input 2\n"
-    forked = next(iter(client.list(limit=1)))
+    forked = next(iter(client.list_jobs(limit=1)))
     assert forked.name == "forked" and forked.job_parameters.cloud_instance_types[0].name == "c1.8"
     r = cli("fork", "--id", forked.id, "--arg", "NOPE=1", ok=False)
     assert r.returncode == 1 and "the job has no argument 'NOPE'" in r.stderr
@@ -251,7 +251,7 @@ def test_ctrl_c_twice_cancels_the_job(cli: Cli, client: JobsClient, tmp_path: Pa
     assert p.returncode == 130, err
     assert "press Ctrl-C again" in err and "cancelling job" in err and "CANCELLED" in err
     assert "Traceback" not in err
-    assert next(iter(client.list(limit=1))).status == jobs_pb2.CANCELLED
+    assert next(iter(client.list_jobs(limit=1))).status == jobs_pb2.CANCELLED
 
 
 BAD_CONFIGS = {

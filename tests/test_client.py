@@ -29,6 +29,7 @@ from jupyter_ds_jobs.common.errors import (
 from jupyter_ds_jobs.core import transfer
 from jupyter_ds_jobs.core.client import JobsClient, local_target, parse_endpoint
 from jupyter_ds_jobs.core.config import Settings
+from jupyter_ds_jobs.core.jobfiles import local_blob
 from jupyter_ds_jobs.packaging.jobspec import LocalFile
 
 pytestmark = pytest.mark.timeout(60)
@@ -187,7 +188,7 @@ def test_wait_clone_ttl_list_cancel_delete(client: JobsClient, tmp_path: Path) -
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert client.get(clone_id).parent_job_id == job_id
-    running = [j.id for j in client.list(statuses=[jobs_pb2.EXECUTING])]
+    running = [j.id for j in client.list_jobs(statuses=[jobs_pb2.EXECUTING])]
     assert running == [clone_id]
     client.cancel(clone_id, reason="test")
     result = client.wait(clone_id, op, timeout=20)
@@ -196,8 +197,8 @@ def test_wait_clone_ttl_list_cancel_delete(client: JobsClient, tmp_path: Path) -
     with pytest.raises(FailedPrecondition):
         client.cancel(clone_id)
 
-    assert [j.id for j in client.list(page_size=1)] == [clone_id, job_id]
-    assert [j.id for j in client.list(limit=1)] == [clone_id]
+    assert [j.id for j in client.list_jobs(page_size=1)] == [clone_id, job_id]
+    assert [j.id for j in client.list_jobs(limit=1)] == [clone_id]
 
     client.set_data_ttl(job_id, None)
     assert not client.get(job_id).HasField("data_expires_at")
@@ -424,7 +425,7 @@ def test_connect_by_settings_and_auth_errors(
         and loaded.public()["token"] == "***"
     )
     with JobsClient.connect(settings=loaded) as c:
-        assert c.project_id == "p2" and not c.tls and list(c.list()) == []
+        assert c.project_id == "p2" and not c.tls and list(c.list_jobs()) == []
     monkeypatch.setenv("DS_JOBS_CONFIG", str(path))
     monkeypatch.setenv("DS_JOBS_TOKEN", "wrong")
     with JobsClient.connect() as c, pytest.raises(Unauthenticated, match="invalid bearer token"):
@@ -469,7 +470,7 @@ def test_a_same_machine_server_hands_files_over_without_http(server: Any, tmp_pa
     [got] = client.download_storage_files([dead], tmp_path / "local")
     assert got.read_bytes() == b"x" * 100000
     got.write_bytes(b"changed")  # a copy: the server's store is untouched
-    assert client._local_blob(sf.file) is not None
+    assert local_blob(client.local_blobs, sf.file) is not None
     # A blob that is not whole here goes over HTTP (and is verified there)
     other = JobsClient(server.info.endpoint, server.info.token, local_blobs=tmp_path / "empty")
     [again] = other.download_storage_files([sf], tmp_path / "http")

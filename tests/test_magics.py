@@ -178,10 +178,10 @@ def test_unpicklable_input_is_refused_before_submitting(
     shell: InteractiveShell, magics: DsJobsMagics
 ) -> None:
     shell.user_ns["lock"] = threading.Lock()
-    before = len(list(magics.client.list()))
+    before = len(list(magics.client.list_jobs()))
     with pytest.raises(UnpicklableInput, match="input variable 'lock'"):
         run(shell, "", "with lock:\n    z = 1\n")
-    assert len(list(magics.client.list())) == before
+    assert len(list(magics.client.list_jobs())) == before
 
 
 def test_ipython_syntax_is_refused_naming_the_line(shell: InteractiveShell, magics: DsJobsMagics) -> None:
@@ -235,7 +235,7 @@ def test_interrupt_cancels_the_job(shell: InteractiveShell, magics: DsJobsMagics
     def interrupt() -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            jobs = [j for j in magics.client.list(limit=1) if j.status == jobs_pb2.EXECUTING]
+            jobs = [j for j in magics.client.list_jobs(limit=1) if j.status == jobs_pb2.EXECUTING]
             if jobs:
                 started.set()
                 time.sleep(0.3)
@@ -253,7 +253,7 @@ def test_interrupt_cancels_the_job(shell: InteractiveShell, magics: DsJobsMagics
         )
     t.join(5)
     assert started.is_set()
-    job = next(iter(magics.client.list(limit=1)))
+    job = next(iter(magics.client.list_jobs(limit=1)))
     assert job.status == jobs_pb2.CANCELLED
     assert "done" not in shell.user_ns
 
@@ -264,7 +264,7 @@ def test_a_second_interrupt_kills_a_job_that_ignores_the_graceful_signal(
     def interrupt_twice() -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            jobs = [j for j in magics.client.list(limit=1) if j.status == jobs_pb2.EXECUTING]
+            jobs = [j for j in magics.client.list_jobs(limit=1) if j.status == jobs_pb2.EXECUTING]
             if jobs:
                 time.sleep(0.5)  # the cell has set its SIGTERM handler by now
                 os.kill(os.getpid(), signal.SIGINT)  # graceful: SIGTERM, which the job ignores
@@ -284,7 +284,7 @@ def test_a_second_interrupt_kills_a_job_that_ignores_the_graceful_signal(
         )
     t.join(5)
     assert time.monotonic() - t0 < 60  # killed, long before the 120 s graceful timeout
-    job = next(iter(magics.client.list(limit=1)))
+    job = next(iter(magics.client.list_jobs(limit=1)))
     assert job.status == jobs_pb2.CANCELLED
 
 

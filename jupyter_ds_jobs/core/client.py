@@ -19,28 +19,22 @@ are the classes of :mod:`jupyter_ds_jobs.common.errors`. Imports nothing from IP
 
 from __future__ import annotations
 
-import builtins
-import ipaddress
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, ops_grpc, ops_pb2, pjs_grpc, pjs_pb2
 from jupyter_ds_jobs._version import __version__
-from jupyter_ds_jobs.common.bundle import extract_as
-from jupyter_ds_jobs.common.connection import blob_path
 from jupyter_ds_jobs.common.contract import FINAL_STATUSES, LOCAL_MODULE_PREFIX, status_name
 from jupyter_ds_jobs.common.errors import (
     DsJobsError,
-    FailedPrecondition,
     InvalidArgument,
     Unauthenticated,
     Unavailable,
@@ -49,7 +43,16 @@ from jupyter_ds_jobs.common.errors import (
 )
 from jupyter_ds_jobs.core import transfer
 from jupyter_ds_jobs.core.config import Settings
-from jupyter_ds_jobs.core.logfollow import LogFollower, OnMessage, follow
+from jupyter_ds_jobs.core.endpoints import (
+    DATASPHERE_ENDPOINT,
+    DATASPHERE_OPERATION_ENDPOINT,
+    is_loopback,
+    make_channel,
+    parse_endpoint,
+)
+from jupyter_ds_jobs.core.jobfiles import download_storage_files, local_target, upload_requested
+from jupyter_ds_jobs.core.logfollow import LogFollower, OnMessage, OpenStream, follow
+from jupyter_ds_jobs.core.results import CreateStats, ExecuteResult
 from jupyter_ds_jobs.core.transfer import LocalFile, PreparedFile, ProgressCallback, TransferProgress
 
 __all__ = [
@@ -58,13 +61,15 @@ __all__ = [
     "FINAL_STATUSES",
     "CreateStats",
     "ExecuteResult",
+    "JobSource",
     "JobsClient",
     "TransferProgress",
+    "is_loopback",
+    "local_target",
+    "parse_endpoint",
     "status_name",
 ]
 
-DATASPHERE_ENDPOINT = "datasphere.api.cloud.yandex.net:443"
-DATASPHERE_OPERATION_ENDPOINT = "operation.api.cloud.yandex.net:443"
 STREAM_TIMEOUT = 3600.0
 _R = TypeVar("_R")
 
@@ -79,65 +84,6 @@ class JobSource(Protocol):
     params: jobs_pb2.JobParameters
     inputs: list[LocalFile]
     local_modules: list[LocalFile]
-
-
-@dataclass
-class ExecuteResult:
-    """What an Execute operation ended with.
-
-    ``return_code`` is None when the job did not run to an exit (cancelled, failed to prepare);
-    ``error`` then holds the operation's error message. ``output_files`` carry download URLs.
-    """
-
-    job: jobs_pb2.Job
-    return_code: int | None
-    output_files: list[jobs_pb2.StorageFile]
-    file_errors: list[jobs_pb2.FileUploadError]
-    op: op_pb2.Operation
-
-    @property
-    def error(self) -> str:
-        return self.op.error.message if self.op.HasField("error") else ""
-
-    @property
-    def status(self) -> str:
-        return status_name(self.job.status)
-
-    @property
-    def ok(self) -> bool:
-        return self.job.status == jobs_pb2.SUCCESS and self.return_code == 0
-
-
-@dataclass
-class CreateStats:
-    """Numbers of the last :meth:`JobsClient.create` / :meth:`JobsClient.clone`."""
-
-    files: int = 0
-    bytes_total: int = 0
-    files_uploaded: int = 0
-    bytes_uploaded: int = 0
-    prepare_seconds: float = 0.0
-    upload_seconds: float = 0.0
-    total_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, bool | None]:
-    """``grpcs://h:p`` / ``https://`` -> TLS, ``grpc://`` / ``http://`` -> plain, else None (unsaid)."""
-    for prefix, tls in (("grpcs://", True), ("https://", True), ("grpc://", False), ("http://", False)):
-        if endpoint.startswith(prefix):
-            return endpoint[len(prefix) :].rstrip("/"), tls
-    return endpoint, None
-
-
-def is_loopback(target: str) -> bool:
-    host = target.rsplit(":", 1)[0].strip("[]") if target.count(":") <= 1 or "]" in target else target
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class JobsClient:
@@ -178,28 +124,18 @@ class JobsClient:
         if token:
             md.insert(0, ("authorization", f"Bearer {token}"))
         self._md: list[tuple[str, str]] = md
-        self._channel = self._make_channel(target, root_certificates)
+        self._channel = make_channel(target, tls=self.tls, root_certificates=root_certificates)
         if operation_endpoint:
             op_target, op_tls = parse_endpoint(operation_endpoint)
             self.operation_endpoint = op_target
-            self._op_channel = self._make_channel(op_target, root_certificates, op_tls)
+            self._op_channel = make_channel(
+                op_target, tls=self.tls if op_tls is None else op_tls, root_certificates=root_certificates
+            )
         else:
             self.operation_endpoint = target
             self._op_channel = self._channel
         self._jobs = pjs_grpc.ProjectJobServiceStub(self._channel)
         self._ops = ops_grpc.OperationServiceStub(self._op_channel)
-
-    def _make_channel(self, target: str, roots: bytes | None, tls: bool | None = None) -> grpc.Channel:
-        options = [
-            ("grpc.max_receive_message_length", 64 * 2**20),
-            ("grpc.max_send_message_length", 64 * 2**20),
-            ("grpc.primary_user_agent", f"jupyter_ds_jobs/{__version__}"),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_permit_without_calls", 0),
-        ]
-        if self.tls if tls is None else tls:
-            return grpc.secure_channel(target, grpc.ssl_channel_credentials(roots), options=options)
-        return grpc.insecure_channel(target, options=options)
 
     # -- construction --------------------------------------------------------------
     @classmethod
@@ -276,7 +212,7 @@ class JobsClient:
         self.close()
 
     # -- plumbing ---------------------------------------------------------------------
-    def _rpc(self, method: Callable[..., _R], request: Any, *, timeout: float | None = None) -> _R:
+    def _rpc(self, method: Callable[..., _R], request: Message, *, timeout: float | None = None) -> _R:
         """One unary call with a deadline, retried on UNAVAILABLE with backoff."""
         delay = 0.05
         deadline = time.monotonic() + self.retry_seconds
@@ -399,29 +335,14 @@ class JobsClient:
         t0: float,
         t1: float,
     ) -> CreateStats:
-        by_path = {pf.file.desc.path: pf for pf in prepared}
-        by_sha = {pf.file.sha256: pf for pf in prepared}
-        items: list[tuple[str, PreparedFile]] = []
-        for sf in wanted:
-            if not sf.url:
-                continue
-            pf = by_path.get(sf.file.desc.path) or by_sha.get(sf.file.sha256)
-            if pf is None:
-                raise FailedPrecondition(f"the server asks for {sf.file.desc.path!r}, which was not sent")
-            items.append((sf.url, pf))
-        t2 = time.monotonic()
-        sent = transfer.upload_files(
-            items, parallel=self.upload_parallel, progress=progress, timeout=max(self.timeout, 60.0)
-        )
-        t3 = time.monotonic()
-        return CreateStats(
-            files=len(prepared),
-            bytes_total=sum(pf.file.size_bytes for pf in prepared),
-            files_uploaded=len({pf.file.sha256 for _, pf in items}),
-            bytes_uploaded=sent,
-            prepare_seconds=t1 - t0,
-            upload_seconds=t3 - t2,
-            total_seconds=t3 - t0,
+        return upload_requested(
+            wanted,
+            prepared,
+            parallel=self.upload_parallel,
+            timeout=max(self.timeout, 60.0),
+            progress=progress,
+            started=t0,
+            prepared_at=t1,
         )
 
     def clone(
@@ -562,7 +483,7 @@ class JobsClient:
         """:meth:`follow_logs` in a started daemon thread (``.stop()``, ``.join()``, ``.done``)."""
         return LogFollower(self._log_stream(job_id), on_message, offset).start()
 
-    def _log_stream(self, job_id: str) -> Callable[[int], Any]:
+    def _log_stream(self, job_id: str) -> OpenStream:
         def open_stream(offset: int) -> Any:
             req = pjs_pb2.ReadProjectJobLogsRequest(job_id=job_id, offset=offset)
             return self._jobs.ReadLogs(req, metadata=self._md, timeout=STREAM_TIMEOUT)
@@ -574,7 +495,7 @@ class JobsClient:
         job: jobs_pb2.Job = self._rpc(self._jobs.Get, pjs_pb2.GetProjectJobRequest(job_id=job_id))
         return job
 
-    def list(
+    def list_jobs(
         self,
         project_id: str | None = None,
         statuses: Sequence[int] = (),
@@ -633,7 +554,7 @@ class JobsClient:
         *,
         extract: bool = True,
         progress: ProgressCallback | None = None,
-    ) -> builtins.list[Path]:
+    ) -> list[Path]:
         """Download ``files`` of the job (default: its output files) under ``dest``; see
         :meth:`download_storage_files`."""
         if files is None:
@@ -648,19 +569,9 @@ class JobsClient:
     def download_result(
         self, result: ExecuteResult, dest: Path = Path("."), *, extract: bool = True,
         progress: ProgressCallback | None = None,
-    ) -> builtins.list[Path]:  # fmt: skip
+    ) -> list[Path]:  # fmt: skip
         """Download an :class:`ExecuteResult`'s outputs (their URLs came with the operation)."""
         return self.download_storage_files(result.output_files, dest, extract=extract, progress=progress)
-
-    def _local_blob(self, f: jobs_pb2.File) -> Path | None:
-        """The blob of ``f`` in a same-machine server's store, when it is there whole."""
-        if self.local_blobs is None or len(f.sha256) != 64:
-            return None
-        path = blob_path(self.local_blobs, f.sha256)
-        try:
-            return path if path.stat().st_size == f.size_bytes else None
-        except OSError:
-            return None
 
     def download_storage_files(
         self,
@@ -669,55 +580,13 @@ class JobsClient:
         *,
         extract: bool = True,
         progress: ProgressCallback | None = None,
-    ) -> builtins.list[Path]:
+    ) -> list[Path]:
         """Stream each file to a temporary name, check size and sha256, rename atomically.
 
         A file goes to ``dest / desc.path`` (``dest / basename`` when the path is absolute or has
         ``..``). A ZIP output (a directory) is extracted there unless ``extract`` is False (then
         it is kept as ``<path>.zip``). Returns the paths written.
         """
-        dest = Path(dest)
-        total = sum(sf.file.size_bytes for sf in files)
-        tracker = transfer.ProgressTracker("download", total, len(files), progress)
-
-        def fetch(sf: jobs_pb2.StorageFile, target: Path) -> None:
-            f = sf.file
-            local = self._local_blob(f)
-            if local is not None:
-                transfer.copy_local(local, target, tracker=tracker)
-            else:
-                transfer.download_url(sf.url, target, size=f.size_bytes, sha256=f.sha256, tracker=tracker)
-
-        def one(sf: jobs_pb2.StorageFile) -> Path:
-            f = sf.file
-            target = local_target(dest, f.desc.path or f.desc.var or f.sha256)
-            zipped = f.compression_type == jobs_pb2.ZIP
-            if zipped and extract:
-                tmp = target.parent / f".{target.name}.download.zip"
-                fetch(sf, tmp)
-                try:
-                    extract_as(tmp, target)
-                finally:
-                    tmp.unlink(missing_ok=True)
-            else:
-                if zipped:
-                    target = target.with_name(target.name + ".zip")
-                fetch(sf, target)
-            tracker.add(0, target.name, file_done=True)
-            return target
-
-        if len(files) > 1:  # a few at once, like uploads
-            with ThreadPoolExecutor(max_workers=min(transfer.PARALLEL, len(files))) as pool:
-                out = list(pool.map(one, files))
-        else:
-            out = [one(sf) for sf in files]
-        tracker.finish()
-        return out
-
-
-def local_target(dest: Path, desc_path: str) -> Path:
-    """Where a job file lands under ``dest``: its relative path, or its base name when unsafe."""
-    p = PurePosixPath(desc_path.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        return dest / (p.name or "file")
-    return dest.joinpath(*p.parts)
+        return download_storage_files(
+            files, dest, local_blobs=self.local_blobs, extract=extract, progress=progress
+        )
