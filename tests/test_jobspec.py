@@ -323,6 +323,24 @@ def test_other_dollar_forms_pass_through(tmp_path: Path) -> None:
     assert spec.params.cmd == "echo $HOME ${HOME:-x} $$"
 
 
+def test_cmd_variable_too_long_to_declare_is_undeclared(tmp_path: Path) -> None:
+    long = "V" * 51  # the characters of a variable name, one more than VAR_RE allows
+    with pytest.raises(ConfigError, match=rf"cmd: variable \$\{{{long}\}} is not declared"):
+        parse(f"cmd: run ${{{long}}}\n", tmp_path)
+    with pytest.raises(ConfigError, match=r"must match \[0-9a-zA-Z_-\]\{1,50\}"):
+        parse(f"cmd: run ${{{long}}}\nargs: {{{long}: 1}}\n", tmp_path)
+
+
+def test_deprecated_core_jobspec_alias_warns_and_re_exports() -> None:
+    from jupyter_ds_jobs.packaging import jobspec
+
+    sys.modules.pop("jupyter_ds_jobs.core.jobspec", None)
+    with pytest.warns(DeprecationWarning, match="moved to jupyter_ds_jobs.packaging.jobspec"):
+        from jupyter_ds_jobs.core import jobspec as alias
+    for name in alias.__all__:
+        assert getattr(alias, name) is getattr(jobspec, name)
+
+
 @pytest.mark.parametrize(
     ("docker", "check"),
     [
