@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -35,13 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from jupyter_ds_jobs._proto import jobs_pb2
+from jupyter_ds_jobs.common.contract import ENV_NAME_RE
 from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.common.requirements import read_requirements_file
 from jupyter_ds_jobs.core.transfer import LocalFile
 from jupyter_ds_jobs.packaging import cellio
 from jupyter_ds_jobs.packaging.analysis import analyze_source, requirements_for_modules
 from jupyter_ds_jobs.packaging.cell import CellAnalysis, analyze_cell
-from jupyter_ds_jobs.packaging.jobspec import local_module_files
+from jupyter_ds_jobs.packaging.jobspec_python import local_module_files
 from jupyter_ds_jobs.packaging.runner import (
     CELL_FILE,
     ERROR_FILE,
@@ -164,7 +164,7 @@ def parse_env(items: Iterable[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        if not sep or not ENV_NAME_RE.fullmatch(key):
             raise InvalidArgument(f"{item!r}: expected NAME=VALUE", field="--env")
         out[key] = value
     return out
@@ -355,7 +355,6 @@ def _stage(
     paths = cellio.write_inputs(ns, pickled, staging / INPUTS_DIR, max_bytes=opts.max_input_bytes)
     # "\n" first: line numbers in remote tracebacks are those of the notebook cell (%%ds_job = 1)
     # Known outputs are declared one file each: no ZIP to write in the job, none to open here.
-    per_file = outputs is not None
     cellio.write_job_dir(
         staging,
         "\n" + source,
@@ -363,66 +362,12 @@ def _stage(
         outputs,
         modules,
         cell_filename=CELL_FILENAME,
-        zip_outputs=not per_file,
+        zip_outputs=outputs is None,
     )
-
     params = jobs_pb2.JobParameters(cmd=_RUNNER_CMD)
-    files: list[LocalFile] = [
-        LocalFile(local_path=staging / name, desc_path=name, var="", zip=False)
-        for name in (CELL_FILE, RUNNER_FILE, MANIFEST_FILE)
-    ]
-    for name in pickled:
-        files.append(
-            LocalFile(local_path=paths[name], desc_path=f"{INPUTS_DIR}/{name}.pkl", var="", zip=False)
-        )
-    if outputs is not None:
-        for name in [*dict.fromkeys(outputs), OUTPUTS_MANIFEST[:-5]]:
-            params.output_files.add(path=output_path(name))
-    else:
-        params.output_files.add(path=OUTPUTS_ZIP)
-    params.output_files.add(path=ERROR_FILE)
-
-    # environment
-    py = params.env.python_env
-    py.python_version = opts.python or kernel_python_version()
-    requirements: list[str] = []
-    local_modules: list[Path] = []
-    unresolved: list[str] = []
-    search = [Path(p) for p in opts.search_path] or [Path.cwd()]
-    needed: set[str] = set(modules.values())
-    for name in pickled:
-        if name in namespace:
-            needed |= object_modules(namespace[name])
-    found = analyze_source("\n" + source, search, filename=CELL_FILENAME, extra_modules=sorted(needed))
-    local_modules = list(found.local_modules)
-    mode = opts.requirements
-    if mode == "auto":
-        requirements = list(found.requirements)
-        unresolved = list(found.unresolved)
-        cp, _ = requirements_for_modules(["cloudpickle"])  # the runner needs it
-        for pin in cp:
-            if pin not in requirements:
-                requirements.append(pin)
-    elif mode == "none":
-        pass
-    else:
-        pip = jobs_pb2.PipOptions()
-        requirements = read_requirements_file(Path(mode).expanduser(), pip, field="--requirements")
-        if pip.ListFields():
-            py.pip_options.CopyFrom(pip)
-    for spec in opts.pip:
-        if spec not in requirements:
-            requirements.append(spec)
-    py.requirements.extend(requirements)
-    module_files = local_module_files(local_modules)
-    files.extend(module_files)
-    for k, v in opts.env.items():
-        params.env.vars[k] = v
-    for t in opts.instance_types:
-        params.cloud_instance_types.add(name=t)
-    if opts.graceful_timeout is not None:
-        gsp = params.graceful_shutdown_parameters
-        gsp.timeout.FromNanoseconds(int(opts.graceful_timeout * 1e9))
+    files = _job_files(params, staging, pickled, paths, outputs)
+    requirements, local_modules, unresolved = _environment(params, source, namespace, opts, modules, pickled)
+    files.extend(local_module_files(local_modules))
     return CellJob(
         params=params,
         files=files,
@@ -438,6 +383,77 @@ def _stage(
         staging=staging,
         analysis=analysis,
     )
+
+
+def _job_files(
+    params: jobs_pb2.JobParameters,
+    staging: Path,
+    pickled: Sequence[str],
+    paths: Mapping[str, Path],
+    outputs: list[str] | None,
+) -> list[LocalFile]:
+    """The job dir's input files (runner, cell, manifest, one per pickle); its output files into ``params``."""
+    files: list[LocalFile] = [
+        LocalFile(local_path=staging / name, desc_path=name, var="", zip=False)
+        for name in (CELL_FILE, RUNNER_FILE, MANIFEST_FILE)
+    ]
+    for name in pickled:
+        files.append(
+            LocalFile(local_path=paths[name], desc_path=f"{INPUTS_DIR}/{name}.pkl", var="", zip=False)
+        )
+    if outputs is not None:
+        for name in [*dict.fromkeys(outputs), OUTPUTS_MANIFEST[:-5]]:
+            params.output_files.add(path=output_path(name))
+    else:
+        params.output_files.add(path=OUTPUTS_ZIP)
+    params.output_files.add(path=ERROR_FILE)
+    return files
+
+
+def _environment(
+    params: jobs_pb2.JobParameters,
+    source: str,
+    namespace: Mapping[str, object],
+    opts: CellJobOptions,
+    modules: Mapping[str, str],
+    pickled: Sequence[str],
+) -> tuple[list[str], list[Path], list[str]]:
+    """The job's environment into ``params``; returns (requirements, local modules, unresolved)."""
+    py = params.env.python_env
+    py.python_version = opts.python or kernel_python_version()
+    search = [Path(p) for p in opts.search_path] or [Path.cwd()]
+    needed: set[str] = set(modules.values())
+    for name in pickled:
+        if name in namespace:
+            needed |= object_modules(namespace[name])
+    found = analyze_source("\n" + source, search, filename=CELL_FILENAME, extra_modules=sorted(needed))
+    requirements: list[str] = []
+    unresolved: list[str] = []
+    mode = opts.requirements
+    if mode == "auto":
+        requirements = list(found.requirements)
+        unresolved = list(found.unresolved)
+        cp, _ = requirements_for_modules(["cloudpickle"])  # the runner needs it
+        for pin in cp:
+            if pin not in requirements:
+                requirements.append(pin)
+    elif mode != "none":
+        pip = jobs_pb2.PipOptions()
+        requirements = read_requirements_file(Path(mode).expanduser(), pip, field="--requirements")
+        if pip.ListFields():
+            py.pip_options.CopyFrom(pip)
+    for spec in opts.pip:
+        if spec not in requirements:
+            requirements.append(spec)
+    py.requirements.extend(requirements)
+    for k, v in opts.env.items():
+        params.env.vars[k] = v
+    for t in opts.instance_types:
+        params.cloud_instance_types.add(name=t)
+    if opts.graceful_timeout is not None:
+        gsp = params.graceful_shutdown_parameters
+        gsp.timeout.FromNanoseconds(int(opts.graceful_timeout * 1e9))
+    return requirements, list(found.local_modules), unresolved
 
 
 # --------------------------------------------------------------------------- results
