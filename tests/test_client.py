@@ -477,3 +477,59 @@ def test_a_same_machine_server_hands_files_over_without_http(server: Any, tmp_pa
     assert again.read_bytes() == b"x" * 100000
     client.close()
     other.close()
+
+
+def test_downloads_never_touch_the_process_umask(
+    server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.umask() sets the mask of every thread: a download must not call it, while files that
+    another thread creates meanwhile keep the process's mask, and downloads get 0644 less it."""
+    p, files = script_job(
+        tmp_path, "for i in range(6):\n    open(f'out{i}.bin', 'wb').write(bytes([i]) * 200_000)\n"
+    )
+    for i in range(6):
+        p.output_files.add(path=f"out{i}.bin")
+    over_http = JobsClient(server.info.endpoint, server.info.token, project_id="proj")
+    same_machine = JobsClient.connect(state_dir=Path(server.info.state_dir), start=False, project_id="proj")
+    job_id = over_http.create(p, files)
+    assert over_http.run(job_id).ok
+    old_mask = os.umask(0o027)
+    calls: list[str] = []
+    real_umask = os.umask
+
+    def spy(mask: int) -> int:
+        calls.append(threading.current_thread().name)
+        return real_umask(mask)
+
+    monkeypatch.setattr(os, "umask", spy)
+    neighbour_modes: set[int] = set()
+    stop = threading.Event()
+
+    def neighbour() -> None:  # another thread of the process, writing its own files
+        d = tmp_path / "neighbour"
+        d.mkdir()
+        n = 0
+        while not stop.is_set():
+            f = d / f"f{n % 50}"
+            f.unlink(missing_ok=True)
+            f.write_bytes(b"x")
+            neighbour_modes.add(f.stat().st_mode & 0o777)
+            n += 1
+
+    t = threading.Thread(target=neighbour)
+    t.start()
+    try:
+        got: list[Path] = []
+        for round_ in range(5):
+            got += over_http.download(job_id, dest=tmp_path / f"http{round_}")
+            got += same_machine.download(job_id, dest=tmp_path / f"local{round_}")
+    finally:
+        stop.set()
+        t.join()
+        monkeypatch.undo()
+        os.umask(old_mask)
+        over_http.close()
+        same_machine.close()
+    assert calls == []
+    assert len(got) == 60 and {f.stat().st_mode & 0o777 for f in got} == {0o640}
+    assert neighbour_modes == {0o640}

@@ -17,12 +17,13 @@ Everything streams; no file is read whole into memory. Imports nothing from IPyt
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
+import secrets
 import shutil
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -471,12 +472,10 @@ def copy_local(src: Path, dest: Path, *, tracker: ProgressTracker | None = None)
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp = _temp_beside(dest)
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -504,8 +503,7 @@ def download_url(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tr = tracker or ProgressTracker("download", size or 0, 1, None)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    fd, tmp = _temp_beside(dest)
     counted = 0
     try:
         # The sha256 is taken as the bytes arrive (no second read of the file); a resumed
@@ -538,7 +536,6 @@ def download_url(
             raise DsJobsError(
                 f"download of {dest.name}: sha256 {h.hexdigest()} differs from the expected {sha256}"
             )
-        os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -547,7 +544,18 @@ def download_url(
     return dest
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temp_beside(dest: Path) -> tuple[int, Path]:
+    """A new, empty ``.NAME.XXXXXXXX.part`` beside ``dest``, opened read-write.
+
+    Created with mode 0644 that the kernel narrows by the process umask, like any file a program
+    writes: reading the umask would mean setting it (``os.umask``), which changes it for every
+    thread of the process at that moment (another download, the files a Jupyter kernel writes).
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.part"
+        try:
+            return os.open(tmp, flags, 0o644), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(dest.parent))  # pragma: no cover
