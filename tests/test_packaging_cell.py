@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import textwrap
 
 import pytest
 
 from jupyter_ds_jobs.common.errors import InvalidArgument
-from jupyter_ds_jobs.packaging.cell import analyze_cell, parse_cell
+from jupyter_ds_jobs.packaging.cell import _STMT_HANDLERS, analyze_cell, parse_cell
 
 
 def cell(source: str) -> str:
@@ -296,3 +297,79 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
     assert analyze_cell("x = " + " + ".join(["a"] * 500)).reads == ["a"]
     with pytest.raises(InvalidArgument, match="too deeply nested"):
         analyze_cell("x = " + " + ".join(["a"] * 5000))
+
+
+# Each statement kind through its handler (values as the if/elif chain gave them before the table).
+STATEMENT_KINDS = [
+    pytest.param(
+        "async for i in agen():\n    j = i\nelse:\n    k = 1\nprint(i, j, k)",
+        ["agen", "i", "j", "k"],
+        ["i", "j", "k"],
+        [],
+        id="async-for",
+    ),
+    pytest.param(
+        "async with ctx() as (a, b):\n    c = a\nprint(a, b, c)",
+        ["ctx"],
+        ["a", "b", "c"],
+        [],
+        id="async-with-tuple",
+    ),
+    pytest.param(
+        "for i in xs:\n    if i:\n        break\n    y = i\nelse:\n    z = 1\nprint(y, z)",
+        ["xs", "y", "z"],
+        ["i", "y", "z"],
+        [],
+        id="for-break-else",
+    ),
+    pytest.param("while True:\n    continue\nprint(w)", ["w"], [], [], id="while-continue"),
+    pytest.param(
+        "if c:\n    raise E(v) from err\nelse:\n    r = 1\nprint(r)",
+        ["c", "E", "v", "err"],
+        ["r"],
+        [],
+        id="raise-from-terminates",
+    ),
+    pytest.param(
+        "try:\n    t = 1\nexcept* ValueError as eg:\n    t = eg\nprint(t, eg)",
+        ["eg"],
+        ["t"],
+        [],
+        id="try-star",
+    ),
+    pytest.param(
+        "o.attr += n\nq[k] += 1\ntotal += 1",
+        ["o", "n", "q", "k", "total"],
+        ["total"],
+        [],
+        id="aug-assign-targets",
+    ),
+    pytest.param(
+        "x: int\ny: List[int] = []\nprint(x, y)", ["List", "x"], ["y"], [], id="ann-assign-without-value"
+    ),
+    pytest.param("global g\nnonlocal_ok = 1\npass\nprint(g)", ["g"], ["nonlocal_ok"], [], id="global-pass"),
+    pytest.param("f = lambda a=d: a + e\nf()", ["d", "e"], ["f"], [], id="lambda-assigned"),
+    pytest.param("del a, b[0]\nprint(a)", ["a", "b"], [], ["a"], id="del-name-and-item"),
+    pytest.param(
+        "from m import *\nfrom n import p as q\nimport os.path\nprint(q, os, p)",
+        ["p"],
+        ["q", "os"],
+        [],
+        id="imports-star-as-dotted",
+    ),
+    pytest.param("assert cond, msg\nexpr_only", ["cond", "msg", "expr_only"], [], [], id="assert-and-expr"),
+]
+
+
+@pytest.mark.parametrize(("source", "reads", "assigns", "deletes"), STATEMENT_KINDS)
+def test_each_statement_kind(source: str, reads: list[str], assigns: list[str], deletes: list[str]) -> None:
+    a = analyze_cell(source)
+    assert (a.reads, a.assigns, a.deletes) == (reads, assigns, deletes)
+
+
+def test_statement_handlers_are_keyed_by_real_statement_classes() -> None:
+    # keyed by class name: a typo would silently fall back to "read every expression"
+    statements = {c.__name__ for c in vars(ast).values() if isinstance(c, type) and issubclass(c, ast.stmt)}
+    newer = {"TypeAlias"}  # Python >= 3.12
+    assert set(_STMT_HANDLERS) - newer <= statements
+    assert newer & statements <= set(_STMT_HANDLERS)

@@ -10,7 +10,8 @@ How reads are decided:
   may still be unbound (never assigned so far, assigned in only one branch of an ``if``, only inside
   a loop body or a ``try`` body...) is a read. Builtins are never reads.
 * Function, lambda and class bodies get their own scopes (parameters, locals, ``global``,
-  ``nonlocal``, closures, comprehension variables, ``:=`` leaking out of comprehensions).
+  ``nonlocal``, closures, comprehension variables, ``:=`` leaking out of comprehensions), in
+  :mod:`.cellscope`.
 * The global names a function needs are resolved where the function is first *used* at top level
   (called, passed, decorated...), or at the end of the cell when it never is: ``def f(): return x``
   then ``x = 1`` then ``f()`` does not read ``x``, but ``f()`` before ``x = 1`` does.
@@ -21,10 +22,20 @@ from __future__ import annotations
 
 import ast
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from jupyter_ds_jobs.common.errors import InvalidArgument
+from jupyter_ds_jobs.packaging.cellscope import (
+    Comprehension,
+    arg_annotations,
+    arg_defaults,
+    comprehension_scope,
+    function_scope,
+    scope_needs,
+    type_param_names,
+)
 from jupyter_ds_jobs.packaging.source import find_imports, parse_cell
 
 __all__ = ["CellAnalysis", "analyze_cell", "parse_cell"]
@@ -52,200 +63,6 @@ class CellAnalysis:
     """(1-based line, stripped text) of each line using IPython-only syntax."""
     deletes: list[str] = field(default_factory=list)
     """Names the cell deletes at top level (``del x``) and does not bind again afterwards."""
-
-
-# --------------------------------------------------------------------------- nested scopes
-
-_FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
-_Comprehension = ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
-
-
-def _arg_names(args: ast.arguments) -> list[str]:
-    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
-    names += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
-    return names
-
-
-def _arg_defaults(args: ast.arguments) -> list[ast.expr]:
-    return [*args.defaults, *(d for d in args.kw_defaults if d is not None)]
-
-
-def _arg_annotations(args: ast.arguments) -> list[ast.expr]:
-    all_args = (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg)
-    return [a.annotation for a in all_args if a is not None and a.annotation is not None]
-
-
-def _type_param_names(node: ast.AST) -> list[str]:
-    """Names of PEP 695 type parameters (Python >= 3.12), if any."""
-    return [str(getattr(p, "name", "")) for p in getattr(node, "type_params", ()) or ()]
-
-
-class _Scope:
-    """Free names of a scope nested in the cell (function, lambda, class body, comprehension)."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind  # "function" | "class" | "comprehension"
-        self.bound: dict[str, None] = {}
-        self.loads: dict[str, None] = {}
-        self.passthrough: dict[str, None] = {}  # free names of methods: skip the class scope
-        self.declared_global: set[str] = set()
-        self.declared_nonlocal: set[str] = set()
-        self.forced_globals: dict[str, None] = {}
-        self.global_assigns: dict[str, None] = {}
-        self.walrus: dict[str, None] = {}
-
-    # results -------------------------------------------------------------
-    def free(self) -> dict[str, None]:
-        """Names this scope needs from enclosing scopes (or globals), in first-use order."""
-        local = {n for n in self.bound if n not in self.declared_global and n not in self.declared_nonlocal}
-        out = {n: None for n in self.loads if n not in local and n not in self.declared_global}
-        out.update((n, None) for n in self.passthrough if n not in self.declared_global)
-        return out
-
-    def forced(self) -> dict[str, None]:
-        """Names referenced through a ``global`` declaration here or in nested scopes."""
-        out = dict(self.forced_globals)
-        out.update((n, None) for n in (*self.loads, *self.passthrough) if n in self.declared_global)
-        return out
-
-    def assigned_globals(self) -> dict[str, None]:
-        out = dict(self.global_assigns)
-        out.update((n, None) for n in self.bound if n in self.declared_global)
-        return out
-
-    # building ------------------------------------------------------------
-    def bind(self, name: str) -> None:
-        self.bound.setdefault(name)
-
-    def load(self, name: str) -> None:
-        self.loads.setdefault(name)
-
-    def absorb(self, child: _Scope) -> None:
-        """Take a nested scope's needs: its free names resolve here (except through a class)."""
-        target = self.passthrough if (self.kind == "class" and child.kind == "function") else self.loads
-        for name in child.free():
-            target.setdefault(name)
-        self.forced_globals.update(child.forced())
-        self.global_assigns.update(child.assigned_globals())
-        for name in child.walrus:
-            if self.kind == "comprehension":
-                self.walrus.setdefault(name)
-            else:
-                self.bind(name)
-
-    def visit_all(self, nodes: Iterable[ast.AST]) -> None:
-        for node in nodes:
-            self.visit(node)
-
-    def visit(self, node: ast.AST) -> None:
-        if isinstance(node, ast.Name):
-            if isinstance(node.ctx, ast.Load):
-                self.load(node.id)
-            else:
-                self.bind(node.id)
-        elif isinstance(node, ast.NamedExpr):
-            self.visit(node.value)
-            if isinstance(node.target, ast.Name):
-                if self.kind == "comprehension":
-                    self.walrus.setdefault(node.target.id)
-                else:
-                    self.bind(node.target.id)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            self.visit_all(node.decorator_list)
-            self.visit_all(_arg_defaults(node.args))
-            self.visit_all(_arg_annotations(node.args))
-            if node.returns is not None:
-                self.visit(node.returns)
-            self.bind(node.name)
-            self.absorb(_function_scope(node))
-        elif isinstance(node, ast.Lambda):
-            self.visit_all(_arg_defaults(node.args))
-            self.absorb(_function_scope(node))
-        elif isinstance(node, ast.ClassDef):
-            self.visit_all(node.decorator_list)
-            self.visit_all(node.bases)
-            self.visit_all(k.value for k in node.keywords)
-            self.bind(node.name)
-            self.absorb(_class_scope(node))
-        elif isinstance(node, _Comprehension):
-            self.visit(node.generators[0].iter)
-            self.absorb(_comprehension_scope(node))
-        elif isinstance(node, ast.Global):
-            self.declared_global.update(node.names)
-        elif isinstance(node, ast.Nonlocal):
-            self.declared_nonlocal.update(node.names)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                self.bind(alias.asname or alias.name.partition(".")[0])
-        elif isinstance(node, ast.ImportFrom):
-            for alias in node.names:
-                if alias.name != "*":
-                    self.bind(alias.asname or alias.name)
-        elif isinstance(node, ast.AnnAssign) and self.kind == "function":
-            # a local variable's annotation is never evaluated
-            if node.value is not None:
-                self.visit(node.value)
-            self.visit(node.target)
-        elif isinstance(node, ast.ExceptHandler):
-            if node.type is not None:
-                self.visit(node.type)
-            if node.name:
-                self.bind(node.name)
-            self.visit_all(node.body)
-        elif isinstance(node, ast.MatchAs | ast.MatchStar):
-            if node.name:
-                self.bind(node.name)
-            for child in ast.iter_child_nodes(node):
-                self.visit(child)
-        elif isinstance(node, ast.MatchMapping):
-            if node.rest:
-                self.bind(node.rest)
-            for child in ast.iter_child_nodes(node):
-                self.visit(child)
-        else:
-            for child in ast.iter_child_nodes(node):
-                self.visit(child)
-
-
-def _function_scope(node: _FunctionNode) -> _Scope:
-    scope = _Scope("function")
-    for name in (*_arg_names(node.args), *_type_param_names(node)):
-        scope.bind(name)
-    if isinstance(node, ast.Lambda):
-        scope.visit(node.body)
-    else:
-        scope.visit_all(node.body)
-    return scope
-
-
-def _class_scope(node: ast.ClassDef) -> _Scope:
-    scope = _Scope("class")
-    for name in _type_param_names(node):
-        scope.bind(name)
-    scope.visit_all(node.body)
-    return scope
-
-
-def _comprehension_scope(node: _Comprehension) -> _Scope:
-    scope = _Scope("comprehension")
-    for i, gen in enumerate(node.generators):
-        if i:
-            scope.visit(gen.iter)
-        scope.visit(gen.target)
-        scope.visit_all(gen.ifs)
-    if isinstance(node, ast.DictComp):
-        scope.visit(node.key)
-        scope.visit(node.value)
-    else:
-        scope.visit(node.elt)
-    return scope
-
-
-def _scope_needs(scope: _Scope) -> dict[str, None]:
-    """Global names a scope nested directly in the cell needs."""
-    out = scope.free()
-    out.update(scope.forced())
-    return out
 
 
 # --------------------------------------------------------------------------- cell top level
@@ -332,14 +149,14 @@ class _Flow:
             self.expr(node.value)
             self.target(node.target)
         elif isinstance(node, ast.Lambda):
-            for default in _arg_defaults(node.args):
+            for default in arg_defaults(node.args):
                 self.expr(default)
-            for dep in _scope_needs(_function_scope(node)):
+            for dep in scope_needs(function_scope(node)):
                 self.read(dep)
-        elif isinstance(node, _Comprehension):
+        elif isinstance(node, Comprehension):
             self.expr(node.generators[0].iter)
-            scope = _comprehension_scope(node)
-            for dep in _scope_needs(scope):
+            scope = comprehension_scope(node)
+            for dep in scope_needs(scope):
                 self.read(dep)
             for name in scope.walrus:
                 self.bind(name)
@@ -390,131 +207,152 @@ class _Flow:
         return self.bound, terminated
 
     def stmt(self, node: ast.stmt) -> bool:
-        if isinstance(node, ast.Assign):
-            value = node.value
-            if (
-                isinstance(value, ast.Lambda)
-                and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name)
-            ):
-                for default in _arg_defaults(value.args):
-                    self.expr(default)
-                self.bind(node.targets[0].id)
-                self.defer(node.targets[0].id, _scope_needs(_function_scope(value)))
-                return False
-            self.expr(value)
-            for tgt in node.targets:
-                self.target(tgt)
-        elif isinstance(node, ast.AugAssign):
-            if isinstance(node.target, ast.Name):
-                self.read(node.target.id)
-                self.expr(node.value)
-                self.bind(node.target.id)
-            else:
-                self.target(node.target)
-                self.expr(node.value)
-        elif isinstance(node, ast.AnnAssign):
-            self.expr(node.value)
-            self.annotation(node.annotation)
-            if node.value is not None or not isinstance(node.target, ast.Name):
-                self.target(node.target)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            for dec in node.decorator_list:
-                self.expr(dec)
-            for default in _arg_defaults(node.args):
-                self.expr(default)
-            for ann in _arg_annotations(node.args):
-                self.annotation(ann)
-            self.annotation(node.returns)
-            scope = _function_scope(node)
-            self.bind(node.name)
-            for name in scope.assigned_globals():
-                self.top.assigns.setdefault(name)
-            self.defer(node.name, _scope_needs(scope))
-        elif isinstance(node, ast.ClassDef):
-            for dec in node.decorator_list:
-                self.expr(dec)
-            for base in node.bases:
-                self.expr(base)
-            for kw in node.keywords:
-                self.expr(kw.value)
-            sink: dict[str, None] = {} if self.sink is None else self.sink
-            body = _Flow(parent=self, sink=sink)
-            body.bound.update(_type_param_names(node))
-            body.block(node.body)
-            self.bind(node.name)
-            if self.sink is None:
-                self.pending[node.name] = sink
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                self.bind(alias.asname or alias.name.partition(".")[0])
-        elif isinstance(node, ast.ImportFrom):
-            if node.module == "__future__" and any(a.name == "annotations" for a in node.names):
-                self.top.future_annotations = True
-            for alias in node.names:
-                if alias.name != "*":
-                    self.bind(alias.asname or alias.name)
-        elif isinstance(node, ast.Delete):
-            for tgt in node.targets:
-                self.delete(tgt)
-        elif isinstance(node, ast.If):
-            self.expr(node.test)
-            before = set(self.bound)
-            return self.branches(
-                before, [self.run_branch(before, node.body), self.run_branch(before, node.orelse)]
-            )
-        elif isinstance(node, ast.For | ast.AsyncFor):
-            self.expr(node.iter)
-            before = set(self.bound)
-            self.target(node.target)
-            self.block(node.body)
-            self.run_branch(before, node.orelse)
-            self.bound = before
-        elif isinstance(node, ast.While):
-            self.expr(node.test)
-            before = set(self.bound)
-            self.block(node.body)
-            self.run_branch(before, node.orelse)
-            self.bound = before
-        elif isinstance(node, ast.With | ast.AsyncWith):
-            for item in node.items:
-                self.expr(item.context_expr)
-                if item.optional_vars is not None:
-                    self.target(item.optional_vars)
-            return self.block(node.body)
-        elif isinstance(node, ast.Try | ast.TryStar):
-            return self.try_stmt(node)
-        elif isinstance(node, ast.Match):
-            self.expr(node.subject)
-            before = set(self.bound)
-            outcomes = []
-            for case in node.cases:
-                self.bound = set(before)
-                self.pattern(case.pattern)
-                self.expr(case.guard)
-                outcomes.append((self.bound, self.block(case.body)))
-            self.bound = before
-            if not any(c.guard is None and _irrefutable(c.pattern) for c in node.cases):
-                outcomes.append((before, False))
-            return self.branches(before, outcomes)
-        elif isinstance(node, ast.Return):
-            self.expr(node.value)
-            return True
-        elif isinstance(node, ast.Raise):
-            self.expr(node.exc)
-            self.expr(node.cause)
-            return True
-        elif isinstance(node, ast.Break | ast.Continue):
-            return True
-        elif isinstance(node, ast.Global | ast.Nonlocal | ast.Pass):
-            pass
-        elif type(node).__name__ == "TypeAlias":  # Python >= 3.12: type X = ...
-            type_name = getattr(node, "name", None)
-            if isinstance(type_name, ast.Name):
-                self.bind(type_name.id)
-            self.expr(getattr(node, "value", None))
-        else:  # Expr, Assert and anything new: read every expression in it
+        """Walk one statement; True when it always ends by raise/return/break/continue."""
+        handler = _STMT_HANDLERS.get(type(node).__name__)
+        if handler is None:  # Expr, Assert and anything new: read every expression in it
             self.expr(node)
+            return False
+        return handler(self, node)
+
+    def assign_stmt(self, node: ast.Assign) -> bool:
+        value = node.value
+        if isinstance(value, ast.Lambda) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            for default in arg_defaults(value.args):
+                self.expr(default)
+            self.bind(node.targets[0].id)
+            self.defer(node.targets[0].id, scope_needs(function_scope(value)))
+            return False
+        self.expr(value)
+        for tgt in node.targets:
+            self.target(tgt)
+        return False
+
+    def aug_assign_stmt(self, node: ast.AugAssign) -> bool:
+        if isinstance(node.target, ast.Name):
+            self.read(node.target.id)
+            self.expr(node.value)
+            self.bind(node.target.id)
+        else:
+            self.target(node.target)
+            self.expr(node.value)
+        return False
+
+    def ann_assign_stmt(self, node: ast.AnnAssign) -> bool:
+        self.expr(node.value)
+        self.annotation(node.annotation)
+        if node.value is not None or not isinstance(node.target, ast.Name):
+            self.target(node.target)
+        return False
+
+    def function_stmt(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+        for dec in node.decorator_list:
+            self.expr(dec)
+        for default in arg_defaults(node.args):
+            self.expr(default)
+        for ann in arg_annotations(node.args):
+            self.annotation(ann)
+        self.annotation(node.returns)
+        scope = function_scope(node)
+        self.bind(node.name)
+        for name in scope.assigned_globals():
+            self.top.assigns.setdefault(name)
+        self.defer(node.name, scope_needs(scope))
+        return False
+
+    def class_stmt(self, node: ast.ClassDef) -> bool:
+        for dec in node.decorator_list:
+            self.expr(dec)
+        for base in node.bases:
+            self.expr(base)
+        for kw in node.keywords:
+            self.expr(kw.value)
+        sink: dict[str, None] = {} if self.sink is None else self.sink
+        body = _Flow(parent=self, sink=sink)
+        body.bound.update(type_param_names(node))
+        body.block(node.body)
+        self.bind(node.name)
+        if self.sink is None:
+            self.pending[node.name] = sink
+        return False
+
+    def import_stmt(self, node: ast.Import) -> bool:
+        for alias in node.names:
+            self.bind(alias.asname or alias.name.partition(".")[0])
+        return False
+
+    def import_from_stmt(self, node: ast.ImportFrom) -> bool:
+        if node.module == "__future__" and any(a.name == "annotations" for a in node.names):
+            self.top.future_annotations = True
+        for alias in node.names:
+            if alias.name != "*":
+                self.bind(alias.asname or alias.name)
+        return False
+
+    def delete_stmt(self, node: ast.Delete) -> bool:
+        for tgt in node.targets:
+            self.delete(tgt)
+        return False
+
+    def if_stmt(self, node: ast.If) -> bool:
+        self.expr(node.test)
+        before = set(self.bound)
+        return self.branches(
+            before, [self.run_branch(before, node.body), self.run_branch(before, node.orelse)]
+        )
+
+    def loop_stmt(self, node: ast.For | ast.AsyncFor | ast.While) -> bool:
+        """A loop body may run zero times: what it binds stays possibly unbound after it."""
+        self.expr(node.test if isinstance(node, ast.While) else node.iter)
+        before = set(self.bound)
+        if not isinstance(node, ast.While):
+            self.target(node.target)
+        self.block(node.body)
+        self.run_branch(before, node.orelse)
+        self.bound = before
+        return False
+
+    def with_stmt(self, node: ast.With | ast.AsyncWith) -> bool:
+        for item in node.items:
+            self.expr(item.context_expr)
+            if item.optional_vars is not None:
+                self.target(item.optional_vars)
+        return self.block(node.body)
+
+    def match_stmt(self, node: ast.Match) -> bool:
+        self.expr(node.subject)
+        before = set(self.bound)
+        outcomes = []
+        for case in node.cases:
+            self.bound = set(before)
+            self.pattern(case.pattern)
+            self.expr(case.guard)
+            outcomes.append((self.bound, self.block(case.body)))
+        self.bound = before
+        if not any(c.guard is None and _irrefutable(c.pattern) for c in node.cases):
+            outcomes.append((before, False))
+        return self.branches(before, outcomes)
+
+    def return_stmt(self, node: ast.Return) -> bool:
+        self.expr(node.value)
+        return True
+
+    def raise_stmt(self, node: ast.Raise) -> bool:
+        self.expr(node.exc)
+        self.expr(node.cause)
+        return True
+
+    def jump_stmt(self, node: ast.Break | ast.Continue) -> bool:
+        return True
+
+    def no_op_stmt(self, node: ast.Global | ast.Nonlocal | ast.Pass) -> bool:
+        return False
+
+    def type_alias_stmt(self, node: ast.stmt) -> bool:
+        """``type X = ...`` (Python >= 3.12)."""
+        type_name = getattr(node, "name", None)
+        if isinstance(type_name, ast.Name):
+            self.bind(type_name.id)
+        self.expr(getattr(node, "value", None))
         return False
 
     def try_stmt(self, node: ast.Try | ast.TryStar) -> bool:
@@ -563,6 +401,38 @@ class _Flow:
             self.bind(node.rest)
         elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
             self.bind(node.name)
+
+
+#: Statement class name -> its handler (by name: ``TypeAlias`` exists from Python 3.12 on); any other
+#: statement has its expressions read (:meth:`_Flow.stmt`).
+_STMT_HANDLERS: dict[str, Callable[[_Flow, Any], bool]] = {
+    "Assign": _Flow.assign_stmt,
+    "AugAssign": _Flow.aug_assign_stmt,
+    "AnnAssign": _Flow.ann_assign_stmt,
+    "FunctionDef": _Flow.function_stmt,
+    "AsyncFunctionDef": _Flow.function_stmt,
+    "ClassDef": _Flow.class_stmt,
+    "Import": _Flow.import_stmt,
+    "ImportFrom": _Flow.import_from_stmt,
+    "Delete": _Flow.delete_stmt,
+    "If": _Flow.if_stmt,
+    "For": _Flow.loop_stmt,
+    "AsyncFor": _Flow.loop_stmt,
+    "While": _Flow.loop_stmt,
+    "With": _Flow.with_stmt,
+    "AsyncWith": _Flow.with_stmt,
+    "Try": _Flow.try_stmt,
+    "TryStar": _Flow.try_stmt,
+    "Match": _Flow.match_stmt,
+    "Return": _Flow.return_stmt,
+    "Raise": _Flow.raise_stmt,
+    "Break": _Flow.jump_stmt,
+    "Continue": _Flow.jump_stmt,
+    "Global": _Flow.no_op_stmt,
+    "Nonlocal": _Flow.no_op_stmt,
+    "Pass": _Flow.no_op_stmt,
+    "TypeAlias": _Flow.type_alias_stmt,
+}
 
 
 def analyze_cell(source: str) -> CellAnalysis:
