@@ -11,9 +11,9 @@ import html
 import os
 import shlex
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from IPython.core import magic_arguments as _margs
 from IPython.core.interactiveshell import InteractiveShell
@@ -25,6 +25,12 @@ from jupyter_ds_jobs.handle import DsJob
 from jupyter_ds_jobs.packaging import celljob
 from jupyter_ds_jobs.packaging.celljob import CellJobOptions
 from jupyter_ds_jobs.widgets import format_duration, make_view
+
+if TYPE_CHECKING:
+    import argparse
+
+    from jupyter_ds_jobs.core.client import JobsClient
+    from jupyter_ds_jobs.core.config import Settings
 
 __all__ = ["DsJob", "DsJobsMagics", "load_ipython_extension"]
 
@@ -59,16 +65,18 @@ class DsJobsMagics(Magics):
 
     def __init__(self, shell: InteractiveShell | None = None) -> None:
         super().__init__(shell)
-        self._clients: dict[tuple[str, str, str], Any] = {}
+        self._clients: dict[tuple[str, str, str], JobsClient] = {}
         self.jobs: dict[str, DsJob] = {}
         #: When set, used instead of connecting (tests, embedding).
-        self.client: Any = None
+        self.client: JobsClient | None = None
+        #: The kernel's working directory when the extension loaded (see ``_notebook_dir``).
+        self._start_dir = Path.cwd()
 
     def _parse(self, magic: str, line: str) -> Any:
         return parse_argstring(getattr(self, magic), line)
 
     # -- connection ----------------------------------------------------------------------------
-    def _settings(self) -> Any:
+    def _settings(self) -> Settings:
         from jupyter_ds_jobs.core.config import Settings
 
         return Settings.load()
@@ -115,6 +123,28 @@ class DsJobsMagics(Magics):
         }
 
     def _notebook_dir(self) -> Path:
+        """Where ``--file`` / ``--requirements`` paths and local modules are looked for and output
+        files come back: the notebook's own directory when the kernel knows it, else the current
+        working directory (what a relative ``open()`` in the cell would use).
+
+        jupyter_server starts a notebook's kernel with ``JPY_SESSION_NAME``: the notebook's absolute
+        path when the frontend names the session (JupyterLab, Notebook 7), else its API path
+        relative to the server root; and with the notebook's directory as the working directory.
+        So ``%cd`` does not move it, and a relative value is resolved from the directory the
+        kernel started in (the server root when the kernel started there).
+        """
+        session = os.environ.get("JPY_SESSION_NAME", "")
+        if session:
+            parent = Path(session).parent
+            start = self._start_dir
+            if parent.is_absolute():
+                here = parent
+            elif parent.parts and start.parts[-len(parent.parts) :] != parent.parts:
+                here = start / parent  # started at the server root
+            else:
+                here = start  # started beside the notebook
+            if here.is_dir():
+                return here
         return Path.cwd()
 
     # -- %%ds_job ------------------------------------------------------------------------------
@@ -199,28 +229,31 @@ class DsJobsMagics(Magics):
         job._finish(load=True)
         return None
 
-    def _options(self, args: Any) -> CellJobOptions:
-        settings = self._settings()
-        d: Mapping[str, Any] = settings.defaults or {}
-        instance = args.instance_type
-        if not instance:
-            default_type = d.get("instance_type") or d.get("cloud_instance_type")
-            instance = [default_type] if default_type else []
+    def _options(self, args: argparse.Namespace) -> CellJobOptions:
+        """The options of ``%%ds_job``, then the settings' defaults; local paths from the notebook's
+        directory (``_notebook_dir``)."""
+        d = self._settings().defaults
+        here = self._notebook_dir()
+        instance: list[str] = args.instance_type or ([d.instance_type] if d.instance_type else [])
+        requirements: str = args.requirements or d.requirements or "auto"
+        if requirements not in ("auto", "none"):
+            requirements = str(here / Path(requirements).expanduser())
+        files = [celljob.parse_file_spec(f) for f in args.file]
         return CellJobOptions(
             inputs=_csv(args.inputs),
             outputs=_csv(args.outputs),
             no_outputs=args.no_outputs,
-            files=[celljob.parse_file_spec(f) for f in args.file],
+            files=[(here / path.expanduser(), var) for path, var in files],
             output_files=list(args.output_file),
-            requirements=args.requirements or str(d.get("requirements") or "auto"),
+            requirements=requirements,
             pip=list(args.pip),
-            python=args.python or d.get("python"),
+            python=args.python or d.python,
             env=celljob.parse_env(args.env),
-            instance_types=list(instance),
+            instance_types=instance,
             graceful_timeout=args.graceful_timeout
             if args.graceful_timeout is not None
-            else d.get("graceful_timeout"),
-            search_path=[self._notebook_dir(), *[Path(p) for p in sys.path[:1] if p]],
+            else d.graceful_timeout,
+            search_path=[here, *[Path(p) for p in sys.path[:1] if p]],
         )
 
     def _submit(self, args: Any, cell: str) -> DsJob | None:
@@ -349,45 +382,29 @@ class DsJobsMagics(Magics):
     def ds_config(self, line: str) -> None:
         """Show or set the settings, persisted per user.
 
-        ``%ds_config`` shows them; ``%ds_config KEY=VALUE ...`` sets ``endpoint``, ``project``,
-        ``token``, ``operation_endpoint`` or ``defaults.NAME`` (e.g. ``defaults.instance_type=g1.1``,
-        ``defaults.requirements=none``); an empty value unsets it.
+        ``%ds_config`` shows them (typed); ``%ds_config KEY=VALUE ...`` sets ``endpoint``,
+        ``project``, ``token``, ``operation_endpoint`` or a known ``defaults.NAME``:
+        ``instance_type``, ``requirements``, ``python``, ``graceful_timeout``, ``data_ttl_days``
+        (e.g. ``defaults.instance_type=g1.1 defaults.graceful_timeout=30``). Values are checked
+        before anything is saved; an empty value unsets.
         """
         from jupyter_ds_jobs.core.config import Settings, settings_path
 
         items = shlex.split(line)
         if items:
-            s = Settings.load_file()
+            changes: dict[str, str] = {}
             for item in items:
                 key, sep, value = item.partition("=")
                 if not sep:
                     raise InvalidArgument(f"{item!r}: expected KEY=VALUE", field="%ds_config")
-                if key.startswith("defaults."):
-                    name = key.split(".", 1)[1]
-                    if value:
-                        s.defaults[name] = value
-                    else:
-                        s.defaults.pop(name, None)
-                elif key in ("endpoint", "project", "operation_endpoint"):
-                    setattr(s, key, value)
-                elif key == "token":
-                    s.token = value or None
-                else:
-                    raise InvalidArgument(
-                        f"unknown setting {key!r}: endpoint, project, token, operation_endpoint, defaults.NAME",
-                        field="%ds_config",
-                    )
-            path = s.save()
+                changes[key.strip()] = value
+            path = Settings.update_file(changes)
             self._clients.clear()
             print(f"ds_job: settings saved to {path}")
         s = Settings.load()
         print(f"settings file: {settings_path()}")
-        for key, value in s.public().items():
-            if key == "defaults":
-                for dk, dv in sorted((value or {}).items()):
-                    print(f"  defaults.{dk} = {dv}")
-            else:
-                print(f"  {key} = {value if value not in (None, '') else '(not set)'}")
+        for key, value in s.shown():
+            print(f"  {key} = {value}")
         if not s.endpoint:
             print("  (no endpoint: the embedded local job server is used, found or started)")
 

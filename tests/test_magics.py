@@ -469,3 +469,87 @@ def test_file_spec_and_env_parsing() -> None:
     assert celljob.parse_env(["A=1", "B=x=y"]) == {"A": "1", "B": "x=y"}
     with pytest.raises(InvalidArgument, match="NAME=VALUE"):
         celljob.parse_env(["novalue"])
+
+
+# --------------------------------------------------------------------------- settings and the notebook's directory
+
+
+def test_ds_config_values_are_typed_checked_and_used_by_the_next_job(
+    shell: InteractiveShell,
+    magics: DsJobsMagics,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from datetime import timedelta
+
+    cfg = tmp_path / "ds_jobs.json"
+    monkeypatch.setenv("DS_JOBS_CONFIG", str(cfg))
+    shell.run_line_magic("ds_config", "defaults.graceful_timeout=30 defaults.data_ttl_days=14")
+    out = capsys.readouterr().out
+    assert "defaults.graceful_timeout = 30.0" in out and "defaults.data_ttl_days = 14.0" in out
+    assert "defaults.python = (not set)" in out  # the known defaults are listed
+    run(shell, "-o hg", "v = 1\n")  # was: TypeError from the string '30'
+    job = magics.client.get(shell.user_ns["hg"].job_id)  # type: ignore[union-attr]
+    assert job.job_parameters.graceful_shutdown_parameters.timeout.seconds == 30
+    assert magics._settings().defaults.data_ttl == timedelta(days=14)
+
+    before = cfg.read_text()
+    with pytest.raises(InvalidArgument, match=r"^defaults.graceful_timeout: expected a number of seconds"):
+        shell.run_line_magic("ds_config", "project=p2 defaults.graceful_timeout=soon")
+    with pytest.raises(
+        InvalidArgument, match=r"unknown setting 'defaults.colour'; known: .*defaults.graceful_timeout"
+    ):
+        shell.run_line_magic("ds_config", "defaults.colour=red")
+    assert cfg.read_text() == before  # nothing saved
+
+    cfg.write_text('{"defaults": {"graceful_timeout": "soon"}}')  # edited by hand
+    with pytest.raises(
+        InvalidArgument, match=rf"^defaults.graceful_timeout: .*'soon' \(in the settings file {cfg}\)"
+    ):
+        run(shell, "", "w = 1\n")
+    shell.run_line_magic("ds_config", "defaults.graceful_timeout=")  # setting it repairs the file
+    assert magics._settings().defaults.graceful_timeout is None
+
+
+def test_local_paths_are_beside_the_notebook_after_cd(
+    shell: InteractiveShell, magics: DsJobsMagics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nb_dir, other = tmp_path / "A", tmp_path / "B"
+    nb_dir.mkdir()
+    other.mkdir()
+    (nb_dir / "nb.ipynb").write_text("{}")
+    (nb_dir / "data.csv").write_text("1,2,3")
+    (nb_dir / "nbmod_beside_dsj.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.chdir(tmp_path)
+    # as jupyter_server starts the kernel of a JupyterLab notebook session: the absolute path
+    monkeypatch.setenv("JPY_SESSION_NAME", str(nb_dir / "nb.ipynb"))
+    shell.run_line_magic("cd", str(other))
+    run(
+        shell,
+        "--file data.csv:DATA --output-file out.txt --outputs rows,doubled",
+        "import nbmod_beside_dsj\nrows = open(DATA).read().split(',')\n"
+        "doubled = nbmod_beside_dsj.double(len(rows))\nopen('out.txt', 'w').write(str(doubled))\n",
+    )
+    assert shell.user_ns["rows"] == ["1", "2", "3"] and shell.user_ns["doubled"] == 6
+    assert (nb_dir / "out.txt").read_text() == "6" and not (other / "out.txt").exists()
+    opts = magics._options(magics._parse("ds_job", "--requirements reqs.txt"))
+    assert opts.requirements == str(nb_dir / "reqs.txt")
+
+    # an API path relative to the server root: the kernel started beside the notebook, or at the root
+    monkeypatch.setenv("JPY_SESSION_NAME", "A/nb.ipynb")
+    for start in (nb_dir, tmp_path):
+        monkeypatch.chdir(start)
+        m = DsJobsMagics(shell)
+        shell.run_line_magic("cd", str(other))
+        assert m._notebook_dir() == nb_dir, start
+
+    # no notebook known (terminal IPython, nbclient), or one that is not there: the working directory
+    for session in (None, str(tmp_path / "gone" / "nb.ipynb")):
+        if session is None:
+            monkeypatch.delenv("JPY_SESSION_NAME")
+        else:
+            monkeypatch.setenv("JPY_SESSION_NAME", session)
+        shell.run_line_magic("cd", str(other))
+        assert magics._notebook_dir() == other
+        assert magics._options(magics._parse("ds_job", "--file data.csv")).files == [(other / "data.csv", "")]
