@@ -311,6 +311,31 @@ def test_missing_config_file_and_unreachable_server(tmp_path: Path) -> None:
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+def one_line_error(args: list[str], tmp: Path, env: dict[str, str] | None = None) -> str:
+    p = subprocess.run(
+        [sys.executable, "-m", "jupyter_ds_jobs", *args],
+        cwd=tmp, env=env or base_env(tmp), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    return p.stderr.strip()
+
+
+def test_a_path_that_cannot_be_used_is_one_line_naming_it(tmp_path: Path) -> None:
+    line = one_line_error(["server", "--state-dir", "/proc/nope/x"], tmp_path)
+    assert line == "error: cannot create the state dir /proc/nope/x: No such file or directory"
+    (tmp_path / "plain-file").write_text("x")
+    line = one_line_error(["server", "--state-dir", str(tmp_path / "plain-file" / "state")], tmp_path)
+    assert line == f"error: cannot create the state dir {tmp_path / 'plain-file' / 'state'}: Not a directory"
+    # Any other OSError reaching the command line: here the embedded server's state dir under a file
+    env = base_env(tmp_path)
+    env["DS_JOBS_STATE_DIR"] = str(tmp_path / "plain-file" / "state")
+    line = one_line_error(["list"], tmp_path, env)
+    assert line.startswith(f"error: {tmp_path / 'plain-file' / 'state'}") and line.endswith(
+        ": Not a directory"
+    )
+
+
 def test_embedded_server_started_on_demand_then_status_and_stop(tmp_path: Path) -> None:
     cli = Cli(base_env(tmp_path), tmp_path)
     r = cli("list")  # no endpoint configured: a detached local server is started

@@ -1,0 +1,241 @@
+"""The command line's argparse tree, declared in one place: every command, its options and help
+texts (kept accurate: ``test_cli`` runs each ``--help``). Each command's ``func`` is a
+``cmd_<name>`` of :mod:`~jupyter_ds_jobs.cli.commands` or :mod:`~jupyter_ds_jobs.cli.server`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from jupyter_ds_jobs._version import __version__
+from jupyter_ds_jobs.cli.commands import (
+    cmd_attach,
+    cmd_cancel,
+    cmd_delete,
+    cmd_download_files,
+    cmd_execute,
+    cmd_fork,
+    cmd_generate_requirements,
+    cmd_get,
+    cmd_list,
+    cmd_logs,
+    cmd_set_data_ttl,
+)
+from jupyter_ds_jobs.cli.server import cmd_server, cmd_server_status, cmd_server_stop
+
+__all__ = ["build_parser"]
+
+
+def _common(p: argparse.ArgumentParser, project: bool = True) -> None:
+    g = p.add_argument_group("server")
+    g.add_argument(
+        "--endpoint",
+        default=None,
+        help="job server host:port, or 'datasphere' (default: DS_JOBS_ENDPOINT, settings, else the local server)",
+    )
+    g.add_argument("--token", default=None, help="bearer token (default: DS_JOBS_TOKEN or settings)")
+    if project:
+        g.add_argument(
+            "-p",
+            "--project",
+            default=None,
+            help="project id (default: DS_JOBS_PROJECT, settings, or 'local')",
+        )
+
+
+def _id(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id", required=True, help="job id")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jupyter ds-jobs",
+        description="Run scripts and DataSphere config.yaml jobs on a DataSphere Jobs API server "
+        "(the embedded local one by default).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "execute",
+        help="run a job from a config.yaml",
+        description="Read a DataSphere config.yaml, upload what the server lacks, run the job, stream its "
+        "logs, download its outputs into the working dir, and exit with the job's return code. "
+        "Ctrl-C asks whether to cancel; a second Ctrl-C cancels.",
+    )
+    p.add_argument("-c", "--config", required=True, help="the job's config.yaml")
+    p.add_argument(
+        "--async", dest="async_", action="store_true", help="create and start, print the job id, exit"
+    )
+    p.add_argument("--data-ttl-days", default=None, help="keep the job's data N days (or 'infinity')")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the job's system log")
+    _common(p)
+    p.set_defaults(func=cmd_execute)
+
+    p = sub.add_parser(
+        "attach",
+        help="follow a running job to its end",
+        description="Attach to a job: stream its logs (from now by default), wait, download outputs, exit "
+        "with its return code. A job that was created but not started is started.",
+    )
+    _id(p)
+    p.add_argument("--offset", type=int, default=-1, help="log offset to start from (default -1: from now)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the job's system log")
+    _common(p)
+    p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("list", help="list jobs", description="List the project's jobs, newest first.")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--limit", type=int, default=None, help="at most N jobs")
+    p.add_argument("--status", action="append", help="only jobs in this status (repeatable)")
+    _common(p)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("get", help="show a job", description="Show one job.")
+    _id(p)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    _common(p)
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("cancel", help="cancel a job", description="Cancel a running job.")
+    _id(p)
+    p.add_argument(
+        "--graceful",
+        action="store_true",
+        help="send the job's graceful-shutdown signal, SIGKILL after its timeout",
+    )
+    p.add_argument("--reason", default="", help="why (shown in the job's status details)")
+    _common(p)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser(
+        "fork",
+        help="run a copy of a job with changes",
+        description="Clone a job with other arguments, inputs, environment variables or instance type, and run it "
+        "like execute.",
+    )
+    _id(p)
+    p.add_argument("--arg", action="append", metavar="NAME=VALUE", help="argument override (repeatable)")
+    p.add_argument("--var", action="append", metavar="NAME=PATH", help="input file override (repeatable)")
+    p.add_argument(
+        "--env-var", action="append", metavar="NAME=VALUE", help="environment variable (repeatable)"
+    )
+    p.add_argument("--cloud-instance-type", default=None, metavar="TYPE", help="instance type")
+    p.add_argument("--name", default=None, help="name of the new job")
+    p.add_argument("--desc", default=None, help="description of the new job")
+    p.add_argument("--async", dest="async_", action="store_true", help="start it, print the job id, exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the job's system log")
+    _common(p)
+    p.set_defaults(func=cmd_fork)
+
+    p = sub.add_parser(
+        "set-data-ttl", help="change how long a job's data is kept", description="Set a job's data TTL."
+    )
+    _id(p)
+    p.add_argument("--days", required=True, help="N days from now, or 'infinity'")
+    _common(p)
+    p.set_defaults(func=cmd_set_data_ttl)
+
+    p = sub.add_parser(
+        "download-files",
+        help="download a job's files",
+        description="Download a job's output files (and logs, diagnostics); ZIP outputs are extracted.",
+    )
+    _id(p)
+    p.add_argument("--with-logs", action="store_true", help="also the log files")
+    p.add_argument("--with-diagnostics", action="store_true", help="also the diagnostic files")
+    p.add_argument("--output-dir", default=".", help="where to put them (default: .)")
+    _common(p)
+    p.set_defaults(func=cmd_download_files)
+
+    p = sub.add_parser("delete", help="delete a job", description="Delete a finished job and its data.")
+    _id(p)
+    p.add_argument("--data-only", action="store_true", help="delete only its files; keep the job listed")
+    _common(p)
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("logs", help="print a job's logs", description="Print a job's stdout and stderr.")
+    _id(p)
+    p.add_argument("-f", "--follow", action="store_true", help="keep following until the job ends")
+    p.add_argument("--offset", type=int, default=0, help="byte offset to start from (-1: from now)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also the system log, and the final offset")
+    _common(p)
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser(
+        "generate-requirements",
+        help="print the pinned requirements a script needs",
+        description="Statically analyze a script: print name==version of the installed distributions it uses "
+        "(local modules and unresolved names go to stderr).",
+    )
+    p.add_argument("file", help="the entry script")
+    p.add_argument("--root", default=None, help="directory of local modules (default: the script's)")
+    p.set_defaults(func=cmd_generate_requirements)
+
+    _add_server(sub)
+    return parser
+
+
+def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "server",
+        help="run the local job server (foreground), or manage it",
+        description="Run the local ProjectJobService in the foreground. It binds to 127.0.0.1 by default, "
+        "requires a bearer token (generated unless --token is given) and writes a connection file "
+        "ds-jobs-server.json (mode 0600) into the state dir and the Jupyter runtime dir. "
+        "'server status' and 'server stop' manage a running one.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="gRPC port; 0 picks a free one (default: 0)")
+    p.add_argument("--http-port", type=int, default=0, help="HTTP port for job files; 0 picks a free one")
+    p.add_argument("--state-dir", type=Path, default=None, help="where jobs, files and environments are kept")
+    p.add_argument("--token", default=None, help="bearer token clients must send (default: generated)")
+    p.add_argument(
+        "--max-concurrent-jobs", type=int, default=2, help="jobs run at once; the rest wait (default: 2)"
+    )
+    p.add_argument(
+        "--data-ttl-days", type=float, default=14.0, help="default lifetime of job data in days (default: 14)"
+    )
+    p.add_argument(
+        "--env-cache-size",
+        default=None,
+        help="size cap of the Python environment cache, e.g. 20G (least recently used are removed)",
+    )
+    p.add_argument(
+        "--find-links",
+        action="append",
+        default=[],
+        help="extra local wheel dir for job environments (repeatable)",
+    )
+    p.add_argument(
+        "--instance-types",
+        default=None,
+        help="comma-separated instance types this server accepts (default: c1.4, c1.8, c1.32, g1.1, g2.1, ...)",
+    )
+    p.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        help="start every cell job as a new Python instead of forking a warm interpreter",
+    )
+    p.set_defaults(func=cmd_server)
+    ssub = p.add_subparsers(dest="server_command", metavar="{status,stop}")
+    st = ssub.add_parser(
+        "status",
+        help="show the running local server",
+        description="Show the local job server of the state dir (or the runtime dir's): endpoint, pid, jobs.",
+    )
+    st.add_argument("--state-dir", dest="status_state_dir", type=Path, default=None, help="its state dir")
+    st.add_argument("--format", choices=("table", "json"), default="table")
+    st.set_defaults(func=cmd_server_status)
+    sp = ssub.add_parser(
+        "stop",
+        help="stop the running local server",
+        description="Stop the local job server (SIGTERM: running jobs are cancelled, the connection file removed).",
+    )
+    sp.add_argument("--state-dir", dest="status_state_dir", type=Path, default=None, help="its state dir")
+    sp.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for it to exit (default: 30)"
+    )
+    sp.set_defaults(func=cmd_server_stop)
