@@ -500,3 +500,59 @@ def test_outputs_declared_one_by_one_need_no_zip(tmp_path: Path) -> None:
     assert not (job / OUTPUTS_ZIP).exists()
     values, unpicklable = read_outputs(job / OUTPUTS_DIR)
     assert values == {"x": 1, "y": [1]} and unpicklable == {}
+
+
+# --------------------------------------------------------------------------- the runner's own copies
+# The runner is shipped into jobs as one file and imports nothing of the package: the names and
+# code it shares with the package are copies, each pinned here to its source.
+
+
+def test_runner_names_match_the_package() -> None:
+    import ast
+    import inspect
+
+    from jupyter_ds_jobs.server import runtime
+    from jupyter_ds_jobs.server.executors import zygote
+
+    assert runner.PROGRESS_FILE == runtime.PROGRESS_FILE  # the server reads the cell's progress there
+    assert runner.RUNNER_FILE in zygote.WARM_SCRIPTS  # cell jobs start warm
+    assert runner._PyCF_ALLOW_TOP_LEVEL_AWAIT == ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    assert runner._CO_COROUTINE == inspect.CO_COROUTINE
+
+
+def test_runner_sha256_matches_the_package(tmp_path: Path) -> None:
+    from jupyter_ds_jobs.common.bundle import sha256_file
+
+    for size in (0, 1, runner._COPY_CHUNK + 7):
+        path = tmp_path / f"f{size}"
+        path.write_bytes(bytes(i % 251 for i in range(size)))
+        assert runner._sha256_file(str(path)) == sha256_file(path)
+
+
+def test_zygote_preloads_what_the_runner_imports_at_its_start() -> None:
+    import ast
+
+    from jupyter_ds_jobs.server.executors import _zygote_main
+
+    tree = ast.parse(Path(runner.__file__).read_text(encoding="utf-8"))
+    top: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            top.add(node.module)
+    top.discard("__future__")
+    # the zygote's module run as it starts (not as __main__: no serving), then its preload
+    code = (
+        "import sys; p = sys.argv[1]; g = {'__name__': 'zygote', '__file__': p}; "
+        "exec(compile(open(p, encoding='utf-8').read(), p, 'exec'), g); g['_preload'](); "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", code, _zygote_main.__file__],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert top - set(proc.stdout.split()) == set()

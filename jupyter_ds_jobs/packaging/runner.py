@@ -1,25 +1,35 @@
 """Runs one notebook cell inside a job; shipped into the job as ``_ds_runner.py``.
 
 This file is copied as a single file into the job, so it imports only the standard
-library and cloudpickle. ``python _ds_runner.py [JOB_DIR]`` (JOB_DIR defaults to the
-current directory) expects::
+library and cloudpickle; it keeps its own copies of the few names it shares with the
+package (file names, ``job_progress.jsonl``), pinned by tests/test_runner.py.
+``python _ds_runner.py [JOB_DIR]`` (JOB_DIR defaults to the current directory) expects::
 
     _ds_cell.py            the cell source (line 1 = the first line after ``%%ds_job``)
     _ds_manifest.json      {"inputs": [names], "outputs": [names] | null,
                             "cell_filename": "<cell>", "modules": {name: module},
-                            "input_files": {name: relative path}   (optional)}
-    _ds_inputs/<name>.pkl  one cloudpickle per input variable
+                            "input_files": {name: relative path},   (optional)
+                            "zip_outputs": true | false}            (optional, default true)
+    _ds_inputs/<name>.pkl  one cloudpickle per input variable (or ``<name>.pkl`` at the
+                           top of the job dir, or its ``input_files`` path)
 
 and writes::
 
-    _ds_outputs/<name>.pkl         one cloudpickle per returned variable
-    _ds_outputs/_manifest.json     {"outputs": [names], "unpicklable": {name: reason},
+    _ds_outputs/<name>.pkl         one cloudpickle per returned variable, each its own file
+    _ds_outputs/_manifest.json     {"outputs": [names written], "unpicklable": {name: reason},
                                     "missing": [names]}
-    _ds_outputs.zip                the same directory as a ZIP (the declared output file)
+    _ds_outputs.zip                the same directory as one ZIP, only with ``zip_outputs``
     _ds_error.json                 only when the cell raised (see ``error_record``)
+    job_progress.jsonl             what the cell reports with ``report_progress`` (below)
 
-Exit code: 0 on success, 1 when the cell (or loading its inputs) raised, ``n`` for
-``sys.exit(n)`` in the cell, 2 when the job dir itself is unusable.
+``outputs`` lists the variables to return; each is its own output file of the job, so the
+magic, which knows them in advance, sets ``zip_outputs: false``. With ``outputs: null``
+every top-level name the cell bound is returned (not ``_names``, not modules, not an
+input the cell left unchanged); the job cannot name those files in advance, so it
+declares ``_ds_outputs.zip`` instead. What the cell bound before it raised is returned too.
+
+Exit code: 0 on success, 1 when the cell (or loading its inputs, or writing its outputs)
+raised, ``n`` for ``sys.exit(n)`` in the cell, 2 when the job dir itself is unusable.
 
 The cell runs in a fresh module named ``__main__`` (also ``sys.modules['__main__']``,
 so that notebook-defined functions and classes unpickle and pickle by value), with the
@@ -63,6 +73,8 @@ __all__ = [
     "report_progress",
 ]
 
+# The job dir layout; the server reads PROGRESS_FILE (server/runtime.py) and starts RUNNER_FILE warm
+# (server/executors/zygote.py): copies, not imports (this file stands alone), pinned by tests/test_runner.py.
 CELL_FILE = "_ds_cell.py"
 RUNNER_FILE = "_ds_runner.py"
 MANIFEST_FILE = "_ds_manifest.json"
@@ -186,7 +198,9 @@ def error_record(exc: BaseException, cell_filename: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- files
 
 
+# Hand-written (no common.connection / bundle helpers): the runner must not import the package.
 def _write_json(path: str, data: Any) -> None:
+    """Write ``data`` as JSON atomically (a temporary file, then a rename)."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, ensure_ascii=False, indent=1)
@@ -231,6 +245,7 @@ class _HashingWriter:
         return self._f.write(b)
 
 
+# Own copy of common.bundle.sha256_file (pinned by a test): the runner must not import the package.
 def _sha256_file(path: str) -> str:
     import hashlib
 
@@ -345,6 +360,7 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
+# Not common.bundle.zip_path (deterministic, for inputs): the runner must not import the package.
 def _zip_dir(src: str, dest: str) -> None:
     tmp = dest + ".tmp"
     import zipfile
