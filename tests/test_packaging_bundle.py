@@ -299,3 +299,187 @@ def test_safe_extract_keeps_executable_bit(tmp_path: Path) -> None:
     safe_extract(z, tmp_path / "d")
     assert os.access(tmp_path / "d" / "run.sh", os.X_OK)
     assert not os.access(tmp_path / "d" / "plain.txt", os.X_OK)
+
+
+DIR = stat.S_IFDIR | 0o755
+
+
+def snapshot(root: Path) -> dict[str, object] | None:
+    """Everything under ``root``, links not followed; None when it does not exist."""
+    if not root.exists():
+        return None
+    tree: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                tree[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                tree[rel] = ("dir",)
+            else:
+                tree[rel] = ("file", p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+    return tree
+
+
+def assert_refused_untouched(z: Path, dest: Path, match: str) -> None:
+    """``safe_extract`` refuses ``z`` and leaves ``dest`` and its parent exactly as they were."""
+    before, around = snapshot(dest), snapshot(dest.parent)
+    with pytest.raises(InvalidArgument, match=match):
+        safe_extract(z, dest)
+    assert snapshot(dest) == before
+    assert snapshot(dest.parent) == around
+
+
+def test_safe_extract_bad_symlink_last_writes_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    z = tmp_path / "bad.zip"
+    entries = [("a.txt", b"A", REG), ("d/", b"", DIR), ("d/b.txt", b"B", REG), ("keep.txt", b"theirs", REG)]
+    write_zip(z, [*entries, ("d/evil", b"../../x", LNK)])
+    assert_refused_untouched(z, dest, "symlink zip entry 'd/evil' points outside")
+    # a destination that did not exist is not created either
+    assert_refused_untouched(z, tmp_path / "new" / "dest", "d/evil")
+
+
+CHAIN = [
+    ("l1", b"l2/..", LNK),
+    ("l2", b"l3/..", LNK),
+    ("l3", b"l4/..", LNK),
+    ("l4", b"l5/..", LNK),
+    ("l5", b".", LNK),
+]
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["l1-first", "l5-first"])
+def test_safe_extract_refuses_symlink_chain_escaping(tmp_path: Path, order: int) -> None:
+    # alone, each link looks inside; together l1 is four levels above the target
+    z = tmp_path / "chain.zip"
+    write_zip(z, [("first.txt", b"x", REG), *CHAIN[::order]])
+    assert_refused_untouched(
+        z, tmp_path / "state" / "jobs" / "dest", r"symlink zip entry 'l\d' points outside"
+    )
+    write_zip(z, [("first.txt", b"x", REG), *CHAIN, ("l1/peek", b"y", REG)])
+    assert_refused_untouched(z, tmp_path / "d2", "symlink zip entry 'l1' points outside")
+
+
+def test_safe_extract_symlink_chain_inside_resolves_on_the_final_tree(tmp_path: Path) -> None:
+    # l3 -> a/b/c, l2 -> a/b, l1 -> a; 'l1/x.txt' comes before the directories it lands in
+    z = tmp_path / "ok.zip"
+    write_zip(
+        z,
+        [
+            ("l1", b"l2/..", LNK),
+            ("l2", b"l3/..", LNK),
+            ("l3", b"a/b/c", LNK),
+            ("l1/x.txt", b"through", REG),
+            ("a/b/c/", b"", DIR),
+        ],
+    )
+    dest = tmp_path / "dest"
+    safe_extract(z, dest)
+    assert (dest / "l1").is_symlink() and os.readlink(dest / "l1") == "l2/.."
+    assert os.path.realpath(dest / "l1") == os.path.realpath(dest / "a")
+    assert not (dest / "a" / "x.txt").is_symlink()
+    assert (dest / "a" / "x.txt").read_bytes() == b"through"
+    assert (dest / "a" / "b" / "c").is_dir()
+
+
+def test_safe_extract_writes_through_an_inner_symlink_to_a_directory(tmp_path: Path) -> None:
+    z = tmp_path / "ok.zip"
+    write_zip(z, [("alias", b"real", LNK), ("alias/new.txt", b"N", REG), ("real/old.txt", b"O", REG)])
+    dest = tmp_path / "dest"
+    safe_extract(z, dest)
+    assert (dest / "alias").is_symlink()
+    assert (dest / "real" / "new.txt").read_bytes() == b"N"
+    assert sorted(p.name for p in (dest / "alias").iterdir()) == ["new.txt", "old.txt"]
+
+
+def test_safe_extract_refuses_writing_through_an_inner_symlink_leading_outside(tmp_path: Path) -> None:
+    # sub/hop -> .. is the target itself (fine); jump -> sub/hop/.. is its parent
+    z = tmp_path / "bad.zip"
+    write_zip(
+        z,
+        [
+            ("ok.txt", b"x", REG),
+            ("sub/", b"", DIR),
+            ("sub/hop", b"..", LNK),
+            ("jump", b"sub/hop/..", LNK),
+            ("jump/evil.txt", b"pwned", REG),
+        ],
+    )
+    assert_refused_untouched(z, tmp_path / "dest", "symlink zip entry 'jump' points outside")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_safe_extract_never_writes_through_an_existing_symlink_outside(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "sneaky").symlink_to(outside)
+    z = tmp_path / "bad.zip"
+    write_zip(z, [("good.txt", b"x", REG), ("sneaky/evil.txt", b"pwned", REG)])
+    assert_refused_untouched(z, dest, r"zip entry 'sneaky/evil\.txt' would be written outside")
+    write_zip(z, [("good.txt", b"x", REG), ("hop", b"sneaky", LNK), ("hop/evil.txt", b"pwned", REG)])
+    assert_refused_untouched(z, dest, "symlink zip entry 'hop' points outside")
+    # a file entry of the link's own name replaces the link; nothing lands outside
+    write_zip(z, [("sneaky", b"plain", REG)])
+    safe_extract(z, dest)
+    assert not (dest / "sneaky").is_symlink() and (dest / "sneaky").read_bytes() == b"plain"
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("entries", "match"),
+    [
+        ([("x", b"f", REG), ("x/", b"", DIR)], "zip entry 'x/' conflicts with zip entry 'x'"),
+        ([("x", b"f", REG), ("x/y", b"g", REG)], "zip entry 'x/y' conflicts with file 'x'"),
+        (
+            [("x/f", b"", REG), ("alias", b"x", LNK), ("alias/f/", b"", DIR)],
+            "'alias/f/' conflicts with file 'x/f'",
+        ),
+        ([("a.txt", b"1", REG), ("./a.txt", b"2", REG)], r"zip entry '\./a\.txt' conflicts"),
+        (
+            [("real/", b"", DIR), ("alias", b"real", LNK), ("alias/f", b"1", REG), ("real/f", b"2", REG)],
+            "conflicts",
+        ),
+    ],
+)
+def test_safe_extract_refuses_conflicting_entries(
+    tmp_path: Path, entries: list[tuple[str, bytes, int]], match: str
+) -> None:
+    z = tmp_path / "bad.zip"
+    write_zip(z, [("first.txt", b"x", REG), *entries])
+    assert_refused_untouched(z, tmp_path / "dest", match)
+
+
+@pytest.mark.parametrize(
+    ("entries", "match"),
+    [
+        ([("a", b"b", LNK), ("b", b"a", LNK)], "too many levels of symlinks"),
+        ([("d", b"x/..", LNK)], r"goes up \('\.\.'\) from a path that is not a directory"),
+        ([("alias", b"nowhere", LNK), ("alias/f", b"1", REG)], "symlink that leads to no directory"),
+    ],
+)
+def test_safe_extract_refuses_loops_and_links_to_nothing(
+    tmp_path: Path, entries: list[tuple[str, bytes, int]], match: str
+) -> None:
+    z = tmp_path / "bad.zip"
+    write_zip(z, [("first.txt", b"x", REG), *entries])
+    assert_refused_untouched(z, tmp_path / "dest", match)
+
+
+def test_safe_extract_links_cannot_escape_across_two_extractions(tmp_path: Path) -> None:
+    # 'd -> x/..' looks inside while x is missing; a later ZIP making x -> . would put d above dest
+    dest = tmp_path / "dest"
+    first, second = tmp_path / "1.zip", tmp_path / "2.zip"
+    write_zip(first, [("d", b"x/..", LNK)])
+    write_zip(second, [("x", b".", LNK)])
+    assert_refused_untouched(first, dest, "symlink zip entry 'd'")
+    # an existing link is not swapped for another target (links already there could depend on it)
+    write_zip(first, [("x", b"sub", LNK), ("sub/", b"", DIR)])
+    safe_extract(first, dest)
+    safe_extract(first, dest)  # the same links again: fine
+    assert_refused_untouched(second, dest, "zip entry 'x' conflicts with symlink 'x'")

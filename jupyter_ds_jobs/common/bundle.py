@@ -5,7 +5,9 @@
   ZIP identifies its content and an unchanged module is never uploaded twice.
 * ``HashCache`` remembers sha256 digests by (absolute path, size, mtime_ns) so an unchanged large
   input file is hashed once.
-* ``safe_extract`` unpacks an untrusted ZIP without letting any entry land outside the target.
+* ``safe_extract`` unpacks an untrusted ZIP without letting any entry land outside the target:
+  the whole ZIP is planned against the tree it would leave (symlink chains included) and nothing
+  is written unless every entry passes.
 
 Everything streams: no file is ever read whole into memory.
 """
@@ -20,7 +22,9 @@ import stat
 import tempfile
 import time
 import zipfile
+from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from jupyter_ds_jobs.common.errors import InvalidArgument, NotFound
@@ -90,7 +94,8 @@ def zip_path(src: Path, dest: Path) -> tuple[str, int]:
     ``mypkg/__init__.py``...), sorted, dated 1980-01-01 with modes 0o644 (files) / 0o755
     (directories); ``__pycache__``, ``.git``, ``.ipynb_checkpoints`` and ``*.pyc`` are left out, as
     is ``dest`` itself. The same tree always gives byte-identical ZIPs. ``dest`` is replaced
-    atomically.
+    atomically. Each ZipInfo is built by hand on purpose: zipfile's own writer (``ZipFile.write``)
+    stamps each file's mtime and mode, and the sha256 must identify the content alone.
     """
     src = Path(src)
     dest = Path(dest)
@@ -186,6 +191,13 @@ class HashCache:
         return digest
 
 
+_Key = tuple[str, ...]
+#: Most symlinks followed while resolving one path (Linux's own limit is 40).
+_MAX_LINK_HOPS = 40
+#: Longest symlink target read from a ZIP.
+_MAX_LINK_TARGET = 4096
+
+
 def _entry_parts(name: str) -> list[str]:
     """Path components of a ZIP entry name; raises for absolute names and '..'."""
     unified = name.replace("\\", "/")
@@ -197,52 +209,287 @@ def _entry_parts(name: str) -> list[str]:
     return parts
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+def _split(target: str) -> list[str]:
+    return [p for p in target.split("/") if p not in ("", ".")]
+
+
+@dataclass
+class _Entry:
+    index: int
+    info: zipfile.ZipInfo
+    parts: _Key
+    kind: str  # "dir", "file" or "link"
+    target: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.info.filename
+
+
+@dataclass
+class _Node:
+    """One path of the final tree: planned by an entry, implied by one (a parent dir), or on disk."""
+
+    kind: str  # "dir", "file", "link" or "other" (on disk: fifo, socket, device)
+    target: str = ""
+    entry: str | None = None  # the zip entry that plans it
+    info: zipfile.ZipInfo | None = None
+
+
+def _read_link(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    with zf.open(info) as fh:
+        raw = fh.read(_MAX_LINK_TARGET + 1)
+    target = raw.decode("utf-8", "surrogateescape")
+    if not target or len(raw) > _MAX_LINK_TARGET or "\x00" in target or "\\" in target:
+        raise InvalidArgument(f"symlink zip entry {info.filename!r} has an unusable target: {target[:200]!r}")
+    if target.startswith("/") or (len(target) > 1 and target[1] == ":"):
+        raise InvalidArgument(f"symlink zip entry {info.filename!r} points outside the target: {target}")
+    return target
+
+
+def _parse(zf: zipfile.ZipFile) -> list[_Entry]:
+    """Every entry of the ZIP, names and symlink targets checked; raises on the first bad one."""
+    entries: list[_Entry] = []
+    seen: dict[_Key, str] = {}
+    for index, info in enumerate(zf.infolist()):
+        parts = tuple(_entry_parts(info.filename))
+        if not parts:
+            continue
+        if parts in seen:
+            raise InvalidArgument(f"zip entry {info.filename!r} conflicts with zip entry {seen[parts]!r}")
+        seen[parts] = info.filename
+        if info.is_dir():
+            entries.append(_Entry(index, info, parts, "dir"))
+        elif stat.S_ISLNK(info.external_attr >> 16):
+            entries.append(_Entry(index, info, parts, "link", _read_link(zf, info)))
+        else:
+            entries.append(_Entry(index, info, parts, "file"))
+    return entries
+
+
+def _describe(key: _Key, node: _Node) -> str:
+    what = {"dir": "directory", "link": "symlink"}.get(node.kind, "file")
+    return f"{what} {'/'.join(key)!r}" + (f" (zip entry {node.entry!r})" if node.entry else "")
+
+
+def _escape(entry: str, via: str | None) -> InvalidArgument:
+    if via is None:
+        return InvalidArgument(f"zip entry {entry!r} would be written outside the target through a symlink")
+    through = f"; zip entry {entry!r} would be written through it" if entry != via else ""
+    return InvalidArgument(f"symlink zip entry {via!r} points outside the target{through}")
+
+
+class _Plan:
+    """The tree a ZIP would leave under ``root``: its entries over what is already on disk.
+
+    Keys are link-free paths relative to ``root`` (components). Entries are placed shallowest
+    first; a missing directory on an entry's own path is planned, one that a symlink leads to is
+    waited for (another entry may plan it), and an entry still waiting at the end is refused.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.root_parts = [p for p in root.split(os.sep) if p]
+        self.planned: dict[_Key, _Node] = {}
+        self.disk: dict[_Key, _Node | None] = {}
+        self.followed: set[_Key] = set()  # symlinks on disk that entries are written through
+        self.waiting: dict[_Key, list[_Entry]] = {}
+        self.queue: deque[_Entry] = deque()
+
+    def lookup(self, key: _Key) -> _Node | None:
+        if key in self.planned:
+            return self.planned[key]
+        if key[:-1] in self.planned:  # a planned directory is not on disk yet: nothing under it
+            return None
+        if key not in self.disk:
+            self.disk[key] = _disk_node(os.path.join(self.root, *key))
+        return self.disk[key]
+
+    def _add(self, key: _Key, node: _Node) -> None:
+        self.planned[key] = node
+        self.queue.extend(self.waiting.pop(key, []))
+
+    def _target(
+        self, cur: list[str], link: _Node, entry: str, via: str | None
+    ) -> tuple[list[str], list[str]]:
+        """(directory to go on from, components to walk) for following ``link`` found in ``cur``."""
+        if not link.target.startswith("/"):
+            return cur, _split(link.target)
+        parts = _split(link.target)  # only links on disk can be absolute
+        n = len(self.root_parts)
+        if parts[:n] != self.root_parts:
+            raise _escape(entry, via)
+        return [], parts[n:]
+
+    def walk_dirs(self, start: _Key, parts: _Key, entry: _Entry) -> _Key | None:
+        """Link-free key of directory ``start``/``parts``, planning the missing directories of
+        ``parts`` itself; None when a symlink leads to a path nothing has planned yet (``entry``
+        then waits for it)."""
+        pending = [(p, False) for p in reversed(parts)]  # (component, from a symlink's target)
+        cur, hops = list(start), 0
+        via: str | None = None  # the first symlink entry followed, to blame for an escape
+        while pending:
+            part, linked = pending.pop()
+            if part == "..":
+                if not cur:
+                    raise _escape(entry.name, via)
+                cur.pop()
+                continue
+            key = (*cur, part)
+            node = self.lookup(key)
+            if node is None and linked:
+                self.waiting.setdefault(key, []).append(entry)
+                return None
+            if node is None:
+                self._add(key, _Node("dir"))
+            elif node.kind == "link":
+                hops += 1
+                if hops > _MAX_LINK_HOPS:
+                    raise InvalidArgument(f"zip entry {entry.name!r}: too many levels of symlinks")
+                if node.entry is None:
+                    self.followed.add(key)
+                via = via or node.entry
+                cur, more = self._target(cur, node, entry.name, via)
+                pending.extend((p, True) for p in reversed(more))
+                continue
+            elif node.kind != "dir":
+                raise InvalidArgument(f"zip entry {entry.name!r} conflicts with {_describe(key, node)}")
+            cur.append(part)
+        return tuple(cur)
+
+    def place(self, e: _Entry) -> None:
+        parent = self.walk_dirs((), e.parts[:-1], e)
+        if parent is None:
+            return
+        key = (*parent, e.parts[-1])
+        node = self.lookup(key)
+        if e.kind == "dir":
+            if node is None:
+                self._add(key, _Node("dir", entry=e.name))
+            elif node.kind == "link" and node.entry is None:  # as os.makedirs: follow it
+                self.walk_dirs(parent, e.parts[-1:], e)
+            elif node.kind != "dir":
+                raise InvalidArgument(f"zip entry {e.name!r} conflicts with {_describe(key, node)}")
+            return
+        if node is not None:
+            same_link = e.kind == node.kind == "link" and e.target == node.target and node.entry is None
+            replaceable = node.kind != "dir" and node.entry is None and key not in self.followed
+            if not same_link and not (replaceable and e.kind == "file"):
+                raise InvalidArgument(f"zip entry {e.name!r} conflicts with {_describe(key, node)}")
+        self._add(key, _Node(e.kind, e.target, e.name, e.info))
+
+    def check_link(self, key: _Key, link: _Node) -> None:
+        """Refuse planned symlink ``key`` unless its target, resolved in the final tree, stays inside."""
+        name = link.entry or "/".join(key)
+        pending = list(reversed(_split(link.target)))
+        cur, hops, dead = list(key[:-1]), 0, False
+        while pending:
+            part = pending.pop()
+            if part == ".." and dead:  # up from a path that will not be a directory: meaning unknown
+                raise InvalidArgument(
+                    f"symlink zip entry {name!r} goes up ('..') from a path that is not a directory: "
+                    f"{link.target}"
+                )
+            if part == "..":
+                if not cur:
+                    raise _escape(name, name)
+                cur.pop()
+            elif not dead:
+                node = self.lookup((*cur, part))
+                if node is not None and node.kind == "link":
+                    hops += 1
+                    if hops > _MAX_LINK_HOPS:
+                        raise InvalidArgument(f"symlink zip entry {name!r}: too many levels of symlinks")
+                    cur, more = self._target(cur, node, name, name)
+                    pending.extend(reversed(more))
+                    continue
+                dead = node is None or node.kind != "dir"
+                cur.append(part)
+
+    def build(self, entries: list[_Entry]) -> None:
+        self.queue.extend(sorted(entries, key=lambda e: (len(e.parts), e.index)))
+        while self.queue:
+            self.place(self.queue.popleft())
+        if self.waiting:
+            first = min((e for es in self.waiting.values() for e in es), key=lambda e: e.index)
+            raise InvalidArgument(
+                f"zip entry {first.name!r} would be written through a symlink that leads to no directory"
+            )
+        for key, node in self.planned.items():
+            if node.kind == "link":
+                self.check_link(key, node)
+
+
+def _disk_node(path: str) -> _Node | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return _Node("link", os.readlink(path))
+    if stat.S_ISDIR(st.st_mode):
+        return _Node("dir")
+    return _Node("file" if stat.S_ISREG(st.st_mode) else "other")
+
+
+def _clear(path: str) -> None:
+    """Remove the file or symlink at ``path`` (never following it), if any."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidArgument(f"{path} became a directory during extraction")
+    os.unlink(path)
+
+
+def _write(zf: zipfile.ZipFile, root: str, planned: dict[_Key, _Node]) -> None:
+    """Create the planned tree: directories and files at link-free paths, symlinks last."""
+    os.makedirs(root, exist_ok=True)
+    links: list[tuple[str, str]] = []
+    for key, node in planned.items():
+        path = os.path.join(root, *key)
+        if node.kind == "link":
+            links.append((path, node.target))
+        elif node.kind == "dir":
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    raise InvalidArgument(f"{path} is no longer a directory") from None
+        elif node.info is not None:
+            _clear(path)  # a replaced file is unlinked, never written through (symlink, hard link)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            with os.fdopen(fd, "wb") as fout, zf.open(node.info) as fin:
+                shutil.copyfileobj(fin, fout, _CHUNK)
+            if (node.info.external_attr >> 16) & 0o111:
+                os.chmod(path, 0o755)
+    for path, target in links:
+        if os.path.islink(path) and os.readlink(path) == target:
+            continue
+        _clear(path)
+        os.symlink(target, path)
 
 
 def safe_extract(zip_file: Path, dest: Path) -> None:
     """Extract ``zip_file`` into ``dest``, refusing entries that would land outside it.
 
-    Raises ``InvalidArgument`` naming the entry for absolute paths, ``..`` components, symlink
-    entries pointing outside ``dest`` and entries written through an existing symlink leading
-    outside ``dest``. Every name is checked before anything is written. Unix modes are kept for
-    the executable bit only.
+    The whole ZIP is planned before anything is written: every entry is placed in the final tree
+    (its entries plus what is already under ``dest``, symlinks followed, ``..`` taken
+    component by component) and every symlink entry's target is resolved in that tree. Raises
+    ``InvalidArgument`` naming the entry for absolute names, ``..`` components, NUL, symlinks
+    that lead outside ``dest`` (alone or as a chain), that loop or that go up (``..``) from a
+    path that is not a directory, entries written through a symlink leading outside ``dest`` or
+    to no directory, and duplicate or conflicting entries (a file and a directory of one name, a
+    symlink replacing a different existing one); then nothing is written, ``dest`` included.
+    Existing files are replaced (unlinked first), never written through. Files are streamed;
+    Unix modes are kept for the executable bit only; symlinks are created last.
     """
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     root = os.path.realpath(dest)
     with zipfile.ZipFile(zip_file) as zf:
-        infos = zf.infolist()
-        planned = [(info, _entry_parts(info.filename)) for info in infos]
-        for info, parts in planned:
-            if not parts:
-                continue
-            target = os.path.join(root, *parts)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                link = zf.read(info).decode("utf-8", "surrogateescape")
-                resolved = os.path.realpath(os.path.join(os.path.dirname(target), link))
-                if os.path.isabs(link) or not _inside(resolved, root):
-                    raise InvalidArgument(
-                        f"symlink zip entry {info.filename!r} points outside the target: {link}"
-                    )
-            parent = os.path.realpath(os.path.dirname(target))
-            if not _inside(parent, root):
-                raise InvalidArgument(f"zip entry {info.filename!r} would be written outside the target")
-            if info.is_dir():
-                os.makedirs(target, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            if os.path.islink(target):
-                os.unlink(target)
-            if stat.S_ISLNK(mode):
-                os.symlink(zf.read(info).decode("utf-8", "surrogateescape"), target)
-                continue
-            with zf.open(info) as fin, open(target, "wb") as fout:
-                shutil.copyfileobj(fin, fout, _CHUNK)
-            if mode & 0o111:
-                os.chmod(target, 0o755)
+        plan = _Plan(root)
+        plan.build(_parse(zf))
+        _write(zf, root, plan.planned)
 
 
 def extract_as(zip_file: Path, target: Path) -> None:
@@ -257,6 +504,4 @@ def extract_as(zip_file: Path, target: Path) -> None:
         names = [n for n in zf.namelist() if n]
     prefix = target.name + "/"
     rooted = bool(names) and all(n.startswith(prefix) for n in names)
-    dest = target.parent if rooted else target
-    dest.mkdir(parents=True, exist_ok=True)
-    safe_extract(zip_file, dest)
+    safe_extract(zip_file, target.parent if rooted else target)
