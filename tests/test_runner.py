@@ -556,3 +556,18 @@ def test_zygote_preloads_what_the_runner_imports_at_its_start() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert top - set(proc.stdout.split()) == set()
+
+
+def test_the_runners_job_dir_files_are_reserved_for_it() -> None:
+    from jupyter_ds_jobs.packaging.celljob import RESERVED_PREFIX
+
+    own = (
+        runner.CELL_FILE,
+        runner.RUNNER_FILE,
+        runner.MANIFEST_FILE,
+        runner.INPUTS_DIR,
+        runner.OUTPUTS_DIR,
+        runner.OUTPUTS_ZIP,
+        runner.ERROR_FILE,
+    )
+    assert all(name.startswith(RESERVED_PREFIX) for name in own)

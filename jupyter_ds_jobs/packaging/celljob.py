@@ -55,6 +55,7 @@ from jupyter_ds_jobs.packaging.runner import (
 
 __all__ = [
     "CELL_FILENAME",
+    "RESERVED_PREFIX",
     "CellJob",
     "CellJobOptions",
     "CellResults",
@@ -72,6 +73,8 @@ __all__ = [
 #: The name of the cell in remote tracebacks.
 CELL_FILENAME = "<ds_job cell>"
 _RUNNER_CMD = f"python {RUNNER_FILE}"
+#: The runner's own files in the job dir start so: no --file or --output-file may.
+RESERVED_PREFIX = "_ds_"
 
 
 class IPythonSyntaxError(InvalidArgument):
@@ -303,7 +306,7 @@ def build_cell_job(
         if not local.exists():
             raise InvalidArgument(f"no such file or directory: {str(local)!r}", field="--file")
         desc = _desc_path_for(local)
-        if desc in used_paths or desc.startswith("_ds_"):
+        if desc in used_paths or desc.startswith(RESERVED_PREFIX):
             raise InvalidArgument(f"two input files named {desc!r} (or a reserved name)", field="--file")
         used_paths.add(desc)
         is_dir = local.is_dir()
@@ -317,7 +320,7 @@ def build_cell_job(
     output_files: list[str] = []
     for path in opts.output_files:
         p = PurePosixPath(path.replace(os.sep, "/"))
-        if p.is_absolute() or ".." in p.parts or not p.parts or str(p).startswith("_ds_"):
+        if p.is_absolute() or ".." in p.parts or not p.parts or str(p).startswith(RESERVED_PREFIX):
             raise InvalidArgument(
                 f"{path!r} must be a relative path inside the job's directory, without '..'",
                 field="--output-file",

@@ -376,7 +376,7 @@ def _check_instance_type(name: str, key: str, known: Sequence[str] | None) -> No
 
 
 def _instance_types(b: _Build) -> None:
-    """``cloud-instance-types`` (a list) or ``cloud-instance-type`` (one); default c1.4."""
+    """``cloud-instance-types`` (a list) or ``cloud-instance-type`` (one); default ``DEFAULT_INSTANCE_TYPE``."""
     root, ckey = b.root, "cloud-instance-types"
     if ckey in root and "cloud-instance-type" in root:
         raise ConfigError("give either cloud-instance-type or cloud-instance-types, not both", field=ckey)
