@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 
 from jupyter_ds_jobs._proto import jobs_pb2, pjs_pb2
+from jupyter_ds_jobs.common.connection import CONNECTION_FILE_NAME, ConnectionInfo, pid_alive
 from jupyter_ds_jobs.common.errors import (
     FailedPrecondition,
     NotFound,
@@ -29,6 +32,7 @@ from jupyter_ds_jobs.common.errors import (
 from jupyter_ds_jobs.core import transfer
 from jupyter_ds_jobs.core.client import JobsClient, local_target, parse_endpoint
 from jupyter_ds_jobs.core.config import Settings
+from jupyter_ds_jobs.core.embedded import LOG_FILE_NAME, ensure_server, find_server, stop_server
 from jupyter_ds_jobs.core.jobfiles import local_blob
 from jupyter_ds_jobs.packaging.jobspec import LocalFile
 
@@ -533,3 +537,48 @@ def test_downloads_never_touch_the_process_umask(
     assert calls == []
     assert len(got) == 60 and {f.stat().st_mode & 0o777 for f in got} == {0o640}
     assert neighbour_modes == {0o640}
+
+
+# --------------------------------------------------------------------------- embedded-server discovery
+
+
+def test_a_second_starter_waits_on_the_state_dir_lock_then_says_so(tmp_path: Path) -> None:
+    """Another process holding the start lock of a state dir: ensure_server waits its timeout,
+    then one clear error (and starts nothing)."""
+    sd = tmp_path / "state"
+    sd.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock\n"
+         "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)",
+         str(sd / ".start.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(
+            Unavailable, match=f"another process is starting the job server in {sd}; try again"
+        ):
+            ensure_server(sd, timeout=0.6)
+        assert 0.5 < time.monotonic() - t0 < 5
+        assert not (sd / LOG_FILE_NAME).exists() and find_server(sd) is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_exited_unreaped_server_counts_as_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:  # exited, not yet waited for
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    info = ConnectionInfo("127.0.0.1:1", "http://127.0.0.1:2", "t", child.pid, str(tmp_path))
+    info.write(tmp_path / CONNECTION_FILE_NAME)
+    assert pid_alive(child.pid)  # the pid still exists...
+    t0 = time.monotonic()
+    assert stop_server(info, timeout=5)  # ...but it is a zombie: stopped, its connection file removed
+    assert time.monotonic() - t0 < 2 and not (tmp_path / CONNECTION_FILE_NAME).exists()
+    child.wait()
+    assert not pid_alive(child.pid) and not pid_alive(0) and not pid_alive(-1)

@@ -16,6 +16,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
+
 from jupyter_ds_jobs.common.errors import FailedPrecondition
 
 __all__ = [
@@ -31,16 +34,8 @@ CONNECTION_FILE_NAME = "ds-jobs-server.json"
 
 
 def runtime_dir() -> Path:
-    """The Jupyter runtime dir (``JUPYTER_RUNTIME_DIR`` or jupyter_core's default)."""
-    env = os.environ.get("JUPYTER_RUNTIME_DIR")
-    if env:
-        return Path(env)
-    try:
-        from jupyter_core.paths import jupyter_runtime_dir
-
-        return Path(jupyter_runtime_dir())
-    except ImportError:  # pragma: no cover - jupyter_core comes with nbformat
-        return Path.home() / ".local" / "share" / "jupyter" / "runtime"
+    """The Jupyter runtime dir (jupyter_core's: ``JUPYTER_RUNTIME_DIR`` overrides)."""
+    return Path(jupyter_runtime_dir())
 
 
 def default_state_dir() -> Path:
@@ -48,12 +43,7 @@ def default_state_dir() -> Path:
     env = os.environ.get("DS_JOBS_STATE_DIR")
     if env:
         return Path(env)
-    try:
-        from jupyter_core.paths import jupyter_data_dir
-
-        return Path(jupyter_data_dir()) / "ds-jobs"
-    except ImportError:  # pragma: no cover
-        return Path.home() / ".local" / "share" / "jupyter" / "ds-jobs"
+    return Path(jupyter_data_dir()) / "ds-jobs"
 
 
 def blob_path(blob_root: Path, sha256: str) -> Path:
@@ -63,13 +53,8 @@ def blob_path(blob_root: Path, sha256: str) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a process ``pid`` exists (of any user; a zombie counts until it is reaped)."""
+    return pid > 0 and bool(psutil.pid_exists(pid))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ in the state dir keeps two kernels from starting two servers on one state dir.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
@@ -18,6 +17,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+from filelock import FileLock, Timeout
 
 from jupyter_ds_jobs.common.connection import (
     CONNECTION_FILE_NAME,
@@ -46,23 +48,18 @@ def find_server(state_dir: Path | None = None) -> ConnectionInfo | None:
 
 @contextlib.contextmanager
 def _start_lock(state_dir: Path, timeout: float) -> Iterator[None]:
+    """Hold ``state_dir/.start.lock`` (one starter per state dir, across processes), waiting up
+    to ``timeout`` seconds for another starter."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / ".start.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock = FileLock(state_dir / ".start.lock", timeout=timeout, mode=0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise Unavailable(
-                        f"another process is starting the job server in {state_dir}; try again"
-                    ) from None
-                time.sleep(0.05)
+        lock.acquire()
+    except Timeout:
+        raise Unavailable(f"another process is starting the job server in {state_dir}; try again") from None
+    try:
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def start_server(
@@ -140,10 +137,10 @@ def stop_server(info: ConnectionInfo, *, timeout: float = 30.0) -> bool:
 
 
 def _is_zombie(pid: int) -> bool:
+    """An exited process not yet reaped by its parent: gone for our purposes."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.Error:
         return False
 
 
