@@ -81,7 +81,9 @@ def local_blob(local_blobs: Path | None, f: jobs_pb2.File) -> Path | None:
         return None
 
 
-def _fetch(sf: jobs_pb2.StorageFile, target: Path, local_blobs: Path | None, tracker: ProgressTracker) -> None:
+def _fetch(
+    sf: jobs_pb2.StorageFile, target: Path, local_blobs: Path | None, tracker: ProgressTracker
+) -> None:
     f = sf.file
     local = local_blob(local_blobs, f)
     if local is not None:
