@@ -57,6 +57,17 @@ def check_parameters(p: jobs_pb2.JobParameters, instance_types: Iterable[str]) -
     """Raise InvalidArgument / FailedPrecondition for parameters this server cannot run."""
     if not p.cmd.strip():
         raise InvalidArgument("cmd is empty", field="job_parameters.cmd")
+    _check_counts(p)
+    _check_inputs(p)
+    _check_outputs(p)
+    _check_arguments(p)
+    _check_variables(p)
+    _check_env_and_shutdown(p)
+    _check_resources(p, instance_types)
+    _refuse_unsupported(p)
+
+
+def _check_counts(p: jobs_pb2.JobParameters) -> None:
     for name, items in (
         ("input_files", p.input_files),
         ("output_files", p.output_files),
@@ -68,6 +79,10 @@ def check_parameters(p: jobs_pb2.JobParameters, instance_types: Iterable[str]) -
             raise InvalidArgument(
                 f"{len(items)} entries, at most {MAX_ITEMS}", field=f"job_parameters.{name}"
             )
+
+
+def _check_inputs(p: jobs_pb2.JobParameters) -> None:
+    """Input files and local modules: each well-formed, no path twice, 10 GiB in all."""
     total = 0
     paths: dict[str, str] = {}
     for i, f in enumerate(p.input_files):
@@ -87,6 +102,9 @@ def check_parameters(p: jobs_pb2.JobParameters, instance_types: Iterable[str]) -
             f"inputs and local modules total {total} bytes, over the 10 GiB limit",
             field="job_parameters.input_files",
         )
+
+
+def _check_outputs(p: jobs_pb2.JobParameters) -> None:
     out_paths: set[str] = set()
     for i, d in enumerate(p.output_files):
         field = f"job_parameters.output_files[{i}]"
@@ -99,6 +117,9 @@ def check_parameters(p: jobs_pb2.JobParameters, instance_types: Iterable[str]) -
         if d.path in out_paths:
             raise InvalidArgument(f"path {d.path!r} is given twice", field=f"{field}.path")
         out_paths.add(d.path)
+
+
+def _check_arguments(p: jobs_pb2.JobParameters) -> None:
     arg_names: set[str] = set()
     for i, a in enumerate(p.arguments):
         if not VAR_RE.match(a.name):
@@ -110,6 +131,10 @@ def check_parameters(p: jobs_pb2.JobParameters, instance_types: Iterable[str]) -
                 f"argument {a.name!r} is given twice", field=f"job_parameters.arguments[{i}].name"
             )
         arg_names.add(a.name)
+
+
+def _check_variables(p: jobs_pb2.JobParameters) -> None:
+    """Each ``${VAR}`` is declared once, none is the reserved one, and cmd uses only declared ones."""
     declared = [
         (f"job_parameters.input_files[{i}].desc.var", f.desc.var) for i, f in enumerate(p.input_files)
     ]
@@ -130,6 +155,9 @@ def check_parameters(p: jobs_pb2.JobParameters, instance_types: Iterable[str]) -
     for var in cmd_vars(p.cmd):
         if var not in names:
             raise InvalidArgument(f"${{{var}}} is used in cmd but not declared", field="job_parameters.cmd")
+
+
+def _check_env_and_shutdown(p: jobs_pb2.JobParameters) -> None:
     for name in p.env.vars:
         if not ENV_NAME_RE.match(name):
             raise InvalidArgument(
@@ -144,6 +172,9 @@ def check_parameters(p: jobs_pb2.JobParameters, instance_types: Iterable[str]) -
         raise InvalidArgument(
             "timeout is negative", field="job_parameters.graceful_shutdown_parameters.timeout"
         )
+
+
+def _check_resources(p: jobs_pb2.JobParameters, instance_types: Iterable[str]) -> None:
     known = set(instance_types)
     for i, t in enumerate(p.cloud_instance_types):
         if t.name not in known:
@@ -153,9 +184,11 @@ def check_parameters(p: jobs_pb2.JobParameters, instance_types: Iterable[str]) -
             )
     if p.extended_working_storage.size_gb < 0:
         raise InvalidArgument("size_gb is negative", field="job_parameters.extended_working_storage.size_gb")
-    # What this server cannot do is refused, never silently ignored.
-    env = p.env
-    if env.WhichOneof("docker_image"):
+
+
+def _refuse_unsupported(p: jobs_pb2.JobParameters) -> None:
+    """What this server cannot do is refused, never silently ignored."""
+    if p.env.WhichOneof("docker_image"):
         raise FailedPrecondition(
             "docker images are not supported by the local job server (job_parameters.env.docker_image)"
         )
