@@ -19,7 +19,7 @@ from typing import BinaryIO
 from urllib.parse import urlencode
 
 from jupyter_ds_jobs.common.connection import blob_path
-from jupyter_ds_jobs.common.errors import InvalidArgument, NotFound, PermissionDenied
+from jupyter_ds_jobs.common.errors import InvalidArgument, PermissionDenied
 
 __all__ = ["SHA256_RE", "BlobStore", "BlobWriter"]
 
@@ -102,12 +102,6 @@ class BlobStore:
 
     def exists(self, sha: str) -> bool:
         return self.path(sha).is_file()
-
-    def size(self, sha: str) -> int:
-        try:
-            return self.path(sha).stat().st_size
-        except FileNotFoundError:
-            raise NotFound(f"blob {sha} not found") from None
 
     def changed_at(self, sha: str) -> float:
         """When the blob was last published or linked (its inode change time); 0 if absent."""
