@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
 import grpc
@@ -41,7 +42,7 @@ from jupyter_ds_jobs.server.executors import Executor, LocalExecutor, RunningPro
 from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_OUT, JobLog, LogStore
 from jupyter_ds_jobs.server.store import FileRef, Store
 
-__all__ = ["ABORTED_CODE", "JobManager"]
+__all__ = ["ABORTED_CODE", "CancelMode", "JobManager"]
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +54,28 @@ INTERNAL_CODE = rpc_code(grpc.StatusCode.INTERNAL)
 PROGRESS_FILE = "job_progress.jsonl"
 
 
+class CancelMode(StrEnum):
+    """How a run is being stopped (``_Run.cancel``; None while nobody stops it)."""
+
+    GRACEFUL = "graceful"  # the job's shutdown signal, SIGKILL after its timeout
+    HARD = "hard"  # SIGKILL now
+    SHUTDOWN = "shutdown"  # the server stops: the job ends in ERROR, not CANCELLED
+
+
 @dataclass
 class _Run:
     job_id: str
     op_id: str
     task: asyncio.Task[None] | None = None
     proc: RunningProcess | None = None
-    cancel: str | None = None  # None | "graceful" | "hard"
+    cancel: CancelMode | None = None
     cancel_reason: str = ""
     response: bytes | None = None
     environment: Environment | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def cancelled_details(self) -> str:
+        return f"cancelled{': ' + self.cancel_reason if self.cancel_reason else ''}"
 
 
 def place(workdir: Path, path: str, var: str, kind: str) -> Path:
@@ -158,9 +170,9 @@ class JobManager:
             # Created but never executed: nothing runs, it just ends.
             self._set_status(job_id, S.CANCELLED, f"cancelled{': ' + reason if reason else ''}")
             return
-        if run.cancel == "hard" or (run.cancel == "graceful" and graceful):
+        if run.cancel is CancelMode.HARD or (run.cancel is CancelMode.GRACEFUL and graceful):
             return
-        run.cancel = "graceful" if graceful else "hard"
+        run.cancel = CancelMode.GRACEFUL if graceful else CancelMode.HARD
         run.cancel_reason = reason
         job = self.store.get_job(job_id)
         if job.status in FINAL_STATUSES:
@@ -175,7 +187,7 @@ class JobManager:
         if graceful:
             gsp = job.job_parameters.graceful_shutdown_parameters
             signum = int(gsp.signal) or int(signal.SIGTERM)
-            timeout = gsp.timeout.seconds + gsp.timeout.nanos / 1e9 if gsp.HasField("timeout") else 15.0
+            timeout = gsp.timeout.ToTimedelta().total_seconds() if gsp.HasField("timeout") else 15.0
             jl.system(f"cancel requested: sending signal {signum} to the job, SIGKILL in {timeout:g}s")
             run.proc.signal(signum)
             try:
@@ -185,7 +197,7 @@ class JobManager:
                 jl.system("job did not stop in time: SIGKILL")
         else:
             jl.system("cancel requested: SIGKILL")
-        run.cancel = "hard"
+        run.cancel = CancelMode.HARD
         if run.proc is not None:
             run.proc.kill_all()
 
@@ -197,7 +209,7 @@ class JobManager:
     async def shutdown(self) -> None:
         """Stop every running job (SIGKILL to its process group) and mark it ERROR."""
         for run in list(self._runs.values()):
-            run.cancel = "shutdown"
+            run.cancel = CancelMode.SHUTDOWN
             if run.proc is not None:
                 run.proc.kill_all()
             if run.task is not None:
@@ -239,13 +251,13 @@ class JobManager:
                 got_slot = True
                 error = await self._run(run, jl)
             except asyncio.CancelledError:
-                if run.cancel == "shutdown":
+                if run.cancel is CancelMode.SHUTDOWN:
                     error = (ABORTED_CODE, "interrupted: the job server stopped")
                     self._finish(
                         job_id, S.ERROR, "interrupted: the job server stopped while the job was running"
                     )
                 else:
-                    reason = f"cancelled{': ' + run.cancel_reason if run.cancel_reason else ''}"
+                    reason = run.cancelled_details()
                     error = (CANCELLED_CODE, reason)
                     self._finish(job_id, S.CANCELLED, reason)
             except DsJobsError as e:
@@ -306,7 +318,7 @@ class JobManager:
         self._read_progress(job.id, progress)  # what the job wrote last
         jl.system(f"process exited with code {code}")
         if run.cancel is not None:
-            reason = f"cancelled{': ' + run.cancel_reason if run.cancel_reason else ''}"
+            reason = run.cancelled_details()
             await self._collect_logs(job.id)
             self._set_status(job.id, S.CANCELLED, reason, self._record_files)
             return (CANCELLED_CODE, reason)
