@@ -26,6 +26,8 @@ from jupyter_ds_jobs.common.errors import InvalidArgument
 
 __all__ = ["SOURCE_ERR", "SOURCE_FILE", "SOURCE_OUT", "JobLog", "LogRecord", "LogStore"]
 
+# Framing by hand on purpose: ReadLogs' offset is a byte position in this file, which a fixed
+# struct header gives directly and a container format (sqlite, a msgpack stream) would hide.
 MAGIC = b"\xd5\x4a"
 HEADER = struct.Struct("<2sBdIH")
 SOURCE_OUT, SOURCE_ERR, SOURCE_FILE = 1, 2, 3
