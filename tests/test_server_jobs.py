@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from jupyter_ds_jobs._proto import jobs_pb2, ops_pb2, pjs_pb2
+from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, ops_pb2, pjs_pb2
 from tests.jobhelpers import Api, execute_response, http
 
 S = jobs_pb2
@@ -388,10 +388,10 @@ def test_sweeper_clears_expired_data(server, api: Api) -> None:  # type: ignore[
     api.jobs.SetDataTtl(
         pjs_pb2.SetProjectJobDataTtlRequest(job_id=job_id, ttl=timedelta(seconds=0)), metadata=api.md
     )
-    ctx = server.thread.server.ctx
+    jobs = server.thread.server.jobs
 
     async def sweep() -> list[str]:
-        return ctx.sweep()
+        return jobs.sweep()
 
     assert server.thread.call(sweep()) == [job_id]
     assert api.get(job_id).data_cleared
@@ -465,16 +465,16 @@ def test_connection_file_is_private(server) -> None:  # type: ignore[no-untyped-
 
 
 def test_sweeper_keeps_fresh_unreferenced_blobs_and_drops_old_ones(server) -> None:  # type: ignore[no-untyped-def]
-    from jupyter_ds_jobs.server.service import BLOB_GRACE_S
+    from jupyter_ds_jobs.server.jobs import BLOB_GRACE_S
 
     blobs = server.thread.server.blobs
-    ctx = server.thread.server.ctx
+    jobs = server.thread.server.jobs
     w = blobs.writer()
     w.write(b"orphan")
     sha, _ = w.commit()
 
     async def sweep(now: float) -> list[str]:
-        return ctx.sweep(now)
+        return jobs.sweep(now)
 
     server.thread.call(sweep(time.time()))
     assert blobs.exists(sha)  # fresh: maybe an output whose reference is about to be stored
@@ -538,3 +538,104 @@ def test_progress_reader_takes_complete_new_lines_only(tmp_path: Path) -> None:
     with open(path, "a") as f:
         f.write("x" * (3 * _ProgressReader.MAX_LINE) + '\n{"message": "d", "progress": 40}\n')
     assert reader.latest() == ("d", 40)  # an overlong line is dropped, not held
+
+
+def test_operation_kinds_are_stored_by_name_and_described(server, api: Api) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    src = api.create("true", project="k")
+    clone = api.jobs.Clone(pjs_pb2.CloneProjectJobRequest(source_job_id=src), metadata=api.md)
+    _, execute = api.run(src)
+    ops = [
+        api.ops.Get(ops_pb2.GetOperationRequest(operation_id=op.id), metadata=api.md)
+        for op in (
+            clone,
+            execute,
+            api.jobs.DeleteData(pjs_pb2.DeleteProjectJobDataRequest(job_id=src), metadata=api.md),
+            api.jobs.DeleteAllData(pjs_pb2.DeleteAllProjectJobDataRequest(project_id="k"), metadata=api.md),
+        )
+    ]
+    assert [op.description for op in ops] == [
+        "Clone job",
+        "Execute job",
+        "Delete job data",
+        "Delete all jobs data",
+    ]
+    delete = api.jobs.Delete(pjs_pb2.DeleteProjectJobRequest(job_id=src), metadata=api.md)
+    assert delete.description == "Delete job" and delete.done
+    db = sqlite3.connect(f"file:{Path(server.info.state_dir) / 'jobs.sqlite'}?mode=ro", uri=True)
+    try:
+        kinds = {row[0] for row in db.execute("SELECT kind FROM operations")}
+    finally:
+        db.close()
+    # the clone's create operation, and the delete that replaced src's own operations
+    assert kinds == {"clone", "delete", "delete_all_data"}
+    fresh = api.jobs.Create(
+        pjs_pb2.CreateProjectJobRequest(project_id="k", job_parameters=jobs_pb2.JobParameters(cmd="true")),
+        metadata=api.md,
+    )
+    assert fresh.description == "Create job"
+    assert fresh.created_at.ToNanoseconds() <= fresh.modified_at.ToNanoseconds()
+
+
+def test_data_ttl_counts_from_creation_and_negative_ttls_are_refused(api: Api) -> None:
+    def create(ttl: timedelta) -> op_pb2.Operation:
+        return api.jobs.Create(
+            pjs_pb2.CreateProjectJobRequest(
+                project_id="t", job_parameters=jobs_pb2.JobParameters(cmd="true"), data_ttl=ttl
+            ),
+            metadata=api.md,
+        )
+
+    resp = pjs_pb2.CreateProjectJobResponse()
+    assert create(timedelta(minutes=90, microseconds=5)).response.Unpack(resp)
+    job = api.get(resp.job_id)
+    assert job.data_expires_at.ToDatetime() - job.created_at.ToDatetime() == timedelta(
+        minutes=90, microseconds=5
+    )
+    for call, field in (
+        (lambda: create(timedelta(seconds=-1)), "data_ttl"),
+        (
+            lambda: api.jobs.SetDataTtl(
+                pjs_pb2.SetProjectJobDataTtlRequest(job_id=resp.job_id, ttl=timedelta(seconds=-1)),
+                metadata=api.md,
+            ),
+            "ttl",
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith(field)
+
+
+def test_blob_downloads_stream_in_chunks_with_the_sha256_as_etag(api: Api) -> None:
+    import urllib.error
+    import urllib.request
+    from email.message import Message
+
+    payload = os.urandom(2 * 2**20 + 12345)  # more than two 1 MiB reads
+    job_id = api.create("cp in.bin ${OUT}", inputs={"in.bin": (payload, "")}, outputs=[("out.bin", "OUT")])
+    _, op = api.run(job_id)
+    [out] = execute_response(op).output_files
+    etag = f'"{out.file.sha256}"'
+
+    def request(method: str, headers: dict[str, str]) -> tuple[int, Message, bytes]:
+        req = urllib.request.Request(out.url, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    status, headers, body = request("GET", {})
+    assert status == 200 and body == payload and headers["ETag"] == etag
+    assert headers["Content-Type"] == "application/octet-stream"
+    status, headers, body = request("HEAD", {})
+    assert status == 200 and body == b"" and int(headers["Content-Length"]) == len(payload)
+    assert headers["ETag"] == etag and headers["Accept-Ranges"] == "bytes"
+    start, end = 2**20 - 7, 2 * 2**20 + 9  # across both read boundaries
+    status, headers, body = request("GET", {"Range": f"bytes={start}-{end}"})
+    assert status == 206 and body == payload[start : end + 1] and headers["ETag"] == etag
+    assert headers["Content-Range"] == f"bytes {start}-{end}/{len(payload)}"
+    assert request("GET", {"If-None-Match": etag})[0] == 304
+    assert request("GET", {"Range": f"bytes={len(payload)}-"})[0] == 416

@@ -133,7 +133,7 @@ def test_docker_password_is_never_stored_or_echoed(api: Api) -> None:
 
 
 def test_public_job_strips_registry_passwords() -> None:
-    from jupyter_ds_jobs.server.service import public_job
+    from jupyter_ds_jobs.server.jobs import public_job
 
     job = jobs_pb2.Job(id="j")
     job.job_parameters.env.docker_image_spec.password_plain_text = "s3cret"

@@ -147,7 +147,7 @@ def test_a_dead_warm_interpreter_falls_back_to_a_plain_start(tmp_path: Path) -> 
 
 
 def test_recovery_recognises_a_forked_job_by_its_working_dir(tmp_path: Path) -> None:
-    from jupyter_ds_jobs.server.service import _group_is_job
+    from jupyter_ds_jobs.server.jobs import _group_is_job
 
     work = tmp_path / "jobs" / "dsjabc" / "work"
     work.mkdir(parents=True)
@@ -160,6 +160,26 @@ def test_recovery_recognises_a_forked_job_by_its_working_dir(tmp_path: Path) -> 
         proc.kill()
         proc.wait()
     assert sys.platform.startswith("linux")
+
+
+def test_recovery_recognises_a_job_by_its_environment_and_never_a_dead_process(tmp_path: Path) -> None:
+    from jupyter_ds_jobs.server.jobs import _group_is_job
+
+    env = {**os.environ, "DS_JOB_ID": "dsjenv"}
+    proc = subprocess.Popen(["sleep", "30"], cwd=tmp_path, env=env, start_new_session=True)
+    try:
+        assert _group_is_job(proc.pid, "dsjenv")
+        assert not _group_is_job(proc.pid, "dsjother")
+        proc.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/stat").read_text().split()[2] != "Z":  # dead, not yet reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not _group_is_job(proc.pid, "dsjenv")  # a zombie is nothing to kill
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not _group_is_job(proc.pid, "dsjenv")  # gone (reaped)
 
 
 def test_startup_variables_make_a_job_start_plainly(tmp_path: Path) -> None:

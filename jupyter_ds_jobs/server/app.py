@@ -34,16 +34,11 @@ from jupyter_ds_jobs.common.connection import (
 from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.executors import LocalExecutor, ZygoteExecutor
 from jupyter_ds_jobs.server.http import make_http_server
+from jupyter_ds_jobs.server.jobs import Jobs
 from jupyter_ds_jobs.server.logs import LogStore
+from jupyter_ds_jobs.server.operations import Operations
 from jupyter_ds_jobs.server.runtime import JobManager
-from jupyter_ds_jobs.server.service import (
-    AuthInterceptor,
-    Context,
-    JobService,
-    OperationService,
-    ProjectService,
-    recover,
-)
+from jupyter_ds_jobs.server.service import AuthInterceptor, JobService, OperationService, ProjectService
 from jupyter_ds_jobs.server.store import Store
 from jupyter_ds_jobs.server.validation import DEFAULT_INSTANCE_TYPES
 
@@ -81,7 +76,7 @@ class JobServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
-    def _build(self) -> Context:
+    def _build(self) -> Jobs:
         sd = self.state_dir
         sd.mkdir(parents=True, exist_ok=True)
         os.chmod(sd, 0o700)
@@ -106,7 +101,7 @@ class JobServer:
             executor=ZygoteExecutor() if self.opts.warm_start else LocalExecutor(),
         )
         ttl = timedelta(days=self.opts.default_ttl_days) if self.opts.default_ttl_days else None
-        return Context(
+        return Jobs(
             self.store,
             self.blobs,
             self.logs,
@@ -117,9 +112,8 @@ class JobServer:
         )
 
     async def start(self) -> ConnectionInfo:
-        ctx = self._build()
-        self.ctx = ctx
-        interrupted = recover(ctx)
+        self.jobs = self._build()
+        interrupted = self.jobs.recover()
         if interrupted:
             log.warning("marked %d interrupted job(s) as ERROR: %s", len(interrupted), ", ".join(interrupted))
         server = grpc.aio.server(
@@ -130,9 +124,10 @@ class JobServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pjs_grpc.add_ProjectJobServiceServicer_to_server(JobService(ctx), server)
-        ops_grpc.add_OperationServiceServicer_to_server(OperationService(ctx), server)
-        ps_grpc.add_ProjectServiceServicer_to_server(ProjectService(ctx), server)
+        ops = Operations(self.store, self.blobs)
+        pjs_grpc.add_ProjectJobServiceServicer_to_server(JobService(self.jobs, ops), server)
+        ops_grpc.add_OperationServiceServicer_to_server(OperationService(self.jobs, ops), server)
+        ps_grpc.add_ProjectServiceServicer_to_server(ProjectService(self.store), server)
         host = self.opts.host
         bind = f"[{host}]" if ":" in host else host
         port = server.add_insecure_port(f"{bind}:{self.opts.port}")
@@ -169,7 +164,7 @@ class JobServer:
     async def _sweep_loop(self) -> None:
         while True:
             try:
-                cleared = self.ctx.sweep()
+                cleared = self.jobs.sweep()
                 if cleared:
                     log.info("cleared data of expired jobs: %s", ", ".join(cleared))
             except Exception:

@@ -1,8 +1,10 @@
 """SQLite (WAL) state of the job server: jobs, operations and file references.
 
 Jobs and operations are stored as their serialized protos plus the few columns
-that queries need.  Blob references are rows of ``job_files``; a blob whose
-sha256 no row names is garbage (see :meth:`Store.unreferenced`).
+that queries need.  Times are REAL seconds since the epoch (:func:`seconds` and
+:func:`set_seconds` convert).  An operation's ``kind`` is an :class:`OpKind` value.
+Blob references are rows of ``job_files``; a blob whose sha256 no row names is
+garbage (the sweeper drops it, see :meth:`Store.referenced`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -19,7 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.common.errors import NotFound
 
-__all__ = ["FileRef", "OperationRow", "Store"]
+__all__ = ["FileRef", "OpKind", "OperationRow", "Store", "seconds", "set_seconds"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -62,6 +65,17 @@ CREATE INDEX IF NOT EXISTS job_files_sha ON job_files (sha256);
 """
 
 
+class OpKind(StrEnum):
+    """What an operation does; the value is what ``operations.kind`` stores."""
+
+    CREATE = "create"
+    CLONE = "clone"
+    EXECUTE = "execute"
+    DELETE = "delete"
+    DELETE_DATA = "delete_data"
+    DELETE_ALL_DATA = "delete_all_data"
+
+
 @dataclass(frozen=True)
 class FileRef:
     kind: str  # input | module | output | log
@@ -83,7 +97,7 @@ class FileRef:
 @dataclass(frozen=True)
 class OperationRow:
     id: str
-    kind: str
+    kind: OpKind
     job_id: str
     project_id: str
     created_at: float
@@ -128,8 +142,8 @@ class Store:
                     job.id,
                     job.project_id,
                     job.status,
-                    _ts(job.created_at),
-                    _ts(job.data_expires_at) if job.HasField("data_expires_at") else None,
+                    seconds(job.created_at),
+                    seconds(job.data_expires_at) if job.HasField("data_expires_at") else None,
                     job.SerializeToString(),
                 ),
             )
@@ -140,7 +154,7 @@ class Store:
             "UPDATE jobs SET status = ?, data_expires_at = ?, data_cleared = ?, job = ? WHERE id = ?",
             (
                 job.status,
-                _ts(job.data_expires_at) if job.HasField("data_expires_at") else None,
+                seconds(job.data_expires_at) if job.HasField("data_expires_at") else None,
                 int(job.data_cleared),
                 job.SerializeToString(),
                 job.id,
@@ -166,8 +180,9 @@ class Store:
         project_id: str,
         statuses: Iterable[int] | None,
         limit: int,
-        after: tuple[float, str] | None,
+        after: tuple[Timestamp, str] | None,
     ) -> list[jobs_pb2.Job]:
+        """Newest first; ``after``: (created_at, id) of the last job of the previous page."""
         sql = "SELECT job FROM jobs WHERE 1 = 1"
         args: list[object] = []
         if project_id:
@@ -179,7 +194,8 @@ class Store:
             args.extend(st)
         if after is not None:
             sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
-            args.extend([after[0], after[0], after[1]])
+            t = seconds(after[0])
+            args.extend([t, t, after[1]])
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         args.append(limit)
         return [jobs_pb2.Job.FromString(r[0]) for r in self._db.execute(sql, args)]
@@ -236,14 +252,9 @@ class Store:
         with self.transaction():
             self._insert_files(job_id, files)
 
-    def files(self, job_id: str, kinds: Iterable[str] | None = None) -> list[FileRef]:
-        q = "SELECT kind, path, var, sha256, size, compression FROM job_files WHERE job_id = ?"
-        args: list[object] = [job_id]
-        if kinds is not None:
-            k = list(kinds)
-            q += f" AND kind IN ({', '.join('?' * len(k))})"
-            args.extend(k)
-        return [FileRef(*r) for r in self._db.execute(q + " ORDER BY rowid", args)]
+    def files(self, job_id: str) -> list[FileRef]:
+        q = "SELECT kind, path, var, sha256, size, compression FROM job_files WHERE job_id = ? ORDER BY rowid"
+        return [FileRef(*r) for r in self._db.execute(q, (job_id,))]
 
     def drop_files(self, job_id: str) -> list[str]:
         """Forget every file of a job; return the sha256s it referenced."""
@@ -265,13 +276,12 @@ class Store:
         return {r[0] for r in self._db.execute("SELECT DISTINCT sha256 FROM job_files")}
 
     # -- operations ---------------------------------------------------------
-    def insert_operation(self, op_id: str, kind: str, job_id: str, project_id: str) -> OperationRow:
+    def insert_operation(self, op_id: str, kind: OpKind, job_id: str, project_id: str) -> None:
         now = time.time()
         self._db.execute(
             "INSERT INTO operations (id, kind, job_id, project_id, created_at, modified_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (op_id, kind, job_id, project_id, now, now),
+            (op_id, kind.value, job_id, project_id, now, now),
         )
-        return self.get_operation(op_id)
 
     def finish_operation(
         self, op_id: str, *, response: bytes | None = None, error: tuple[int, str] | None = None
@@ -294,9 +304,28 @@ class Store:
         if row is None:
             raise NotFound(f"operation {op_id!r} not found")
         return OperationRow(
-            row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8], row[9]
+            row[0],
+            OpKind(row[1]),
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            bool(row[6]),
+            row[7],
+            row[8],
+            row[9],
         )
 
 
-def _ts(ts: Timestamp) -> float:
-    return float(ts.seconds) + ts.nanos / 1e9
+def seconds(ts: Timestamp) -> float:
+    """A Timestamp as the REAL seconds of a time column."""
+    return ts.ToNanoseconds() / 1e9
+
+
+def set_seconds(ts: Timestamp, t: float) -> None:
+    """Set a Timestamp field to the REAL seconds of a time column (or of a log record).
+
+    In place: the messages' Timestamp class is that of the package's private descriptor pool
+    (jupyter_ds_jobs._proto._pool), not google.protobuf's, so a Timestamp made here could not be
+    copied into them."""
+    ts.FromNanoseconds(round(t * 1e9))
