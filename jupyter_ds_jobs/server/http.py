@@ -1,11 +1,14 @@
-"""The HTTP side of the job server: signed blob uploads (PUT) and downloads (GET, with Range).
+"""The HTTP side of the job server: signed blob uploads (PUT, streamed into the store) and
+downloads (GET / HEAD, with Range, served by tornado's ``StaticFileHandler``).
 
-Served by tornado on the same event loop as the gRPC server.
+Served by tornado on the same event loop as the gRPC server. A blob's ETag is its sha256, its
+name: nothing reads a file to version it.
 """
 
 from __future__ import annotations
 
-import re
+import os
+from collections.abc import Generator
 from typing import Any
 
 import tornado.httpserver
@@ -16,16 +19,17 @@ from jupyter_ds_jobs.server.blobs import CHUNK, BlobStore, BlobWriter
 
 __all__ = ["make_http_server"]
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
 
 @tornado.web.stream_request_body
-class BlobHandler(tornado.web.RequestHandler):
+class BlobHandler(tornado.web.StaticFileHandler):
+    """``/blobs/<sha256>``: the signature is checked in :meth:`prepare`, before any body is read."""
+
     store: BlobStore
     writer: BlobWriter | None = None
     failed: DsJobsError | None = None
 
-    def initialize(self, store: BlobStore) -> None:
+    def initialize(self, store: BlobStore) -> None:  # type: ignore[override]  # the route's kwargs
+        super().initialize(path=str(store.root))
         self.store = store
 
     def _fail(self, err: DsJobsError) -> None:
@@ -34,7 +38,7 @@ class BlobHandler(tornado.web.RequestHandler):
         self.finish(str(err) + "\n")
 
     def prepare(self) -> None:
-        sha = self.path_kwargs["sha"]
+        sha = self.path_args[0]
         try:
             if self.request.method == "PUT":
                 size = self.store.verify(
@@ -49,16 +53,15 @@ class BlobHandler(tornado.web.RequestHandler):
                 self.writer = self.store.writer(expect_sha=sha, expect_size=size)
             elif self.request.method in ("GET", "HEAD"):
                 self.store.verify(
-                    "GET",
-                    sha,
-                    self.get_query_argument("exp", None),
-                    self.get_query_argument("sig", None),
-                    None,
-                )
+                    "GET", sha, self.get_query_argument("exp", None), self.get_query_argument("sig", None), None
+                )  # fmt: skip
+                if not self.store.exists(sha):
+                    raise NotFound(f"blob {sha} not found")
         except DsJobsError as e:
             self.failed = e
             self._fail(e)
 
+    # -- PUT ------------------------------------------------------------------
     def data_received(self, chunk: bytes) -> None:
         if self.writer is None or self.failed is not None:
             return
@@ -90,63 +93,32 @@ class BlobHandler(tornado.web.RequestHandler):
         self.set_status(201)
         self.finish()
 
-    async def get(self, sha: str) -> None:
-        await self._serve(sha, body=True)
+    # -- GET / HEAD: StaticFileHandler over the store's layout ------------------------
+    def parse_url_path(self, url_path: str) -> str:
+        return os.path.relpath(self.store.path(url_path), self.root)
 
-    async def head(self, sha: str) -> None:
-        await self._serve(sha, body=False)
+    @classmethod
+    def get_content_version(cls, abspath: str) -> str:
+        return os.path.basename(abspath)  # the sha256: never hash a (5 GiB) blob to version it
 
-    async def _serve(self, sha: str, body: bool) -> None:
-        if self._finished:
-            return
-        try:
-            path = self.store.path(sha)
-            if not path.is_file():
-                raise NotFound(f"blob {sha} not found")
-        except DsJobsError as e:
-            self._fail(e)
-            return
-        size = path.stat().st_size
-        start, end = 0, size - 1
-        rng = self.request.headers.get("Range")
-        self.set_header("Accept-Ranges", "bytes")
-        self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("ETag", f'"{sha}"')
-        if rng:
-            m = _RANGE.match(rng.strip())
-            if not m or (not m.group(1) and not m.group(2)):
-                self.set_status(416)
-                self.set_header("Content-Range", f"bytes */{size}")
-                self.finish()
-                return
-            if m.group(1):
-                start = int(m.group(1))
-                end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-            else:  # suffix range: last N bytes
-                start = max(size - int(m.group(2)), 0)
-            if start >= size or start > end:
-                self.set_status(416)
-                self.set_header("Content-Range", f"bytes */{size}")
-                self.finish()
-                return
-            self.set_status(206)
-            self.set_header("Content-Range", f"bytes {start}-{end}/{size}")
-        length = end - start + 1 if size else 0
-        self.set_header("Content-Length", str(length))
-        if not body:
-            self.finish()
-            return
-        with open(path, "rb") as f:
-            f.seek(start)
-            left = length
-            while left > 0:
-                chunk = f.read(min(CHUNK, left))
-                if not chunk:
-                    break
+    def compute_etag(self) -> str | None:
+        assert self.absolute_path is not None
+        return f'"{self.get_content_version(self.absolute_path)}"'
+
+    @classmethod
+    def get_content(
+        cls, abspath: str, start: int | None = None, end: int | None = None
+    ) -> Generator[bytes, None, None]:
+        """The bytes in [start, end) in CHUNK reads (tornado's own reads 64 KiB, a flush each)."""
+        with open(abspath, "rb") as f:
+            f.seek(start or 0)
+            left = (os.fstat(f.fileno()).st_size if end is None else end) - (start or 0)
+            while left > 0 and (chunk := f.read(min(CHUNK, left))):
                 left -= len(chunk)
-                self.write(chunk)
-                await self.flush()
-        self.finish()
+                yield chunk
+
+    def get_content_type(self) -> str:
+        return "application/octet-stream"
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
@@ -161,7 +133,7 @@ class HealthHandler(tornado.web.RequestHandler):
 def make_http_server(store: BlobStore) -> tornado.httpserver.HTTPServer:
     app = tornado.web.Application(
         [
-            (r"/blobs/(?P<sha>[^/?]+)", BlobHandler, {"store": store}),
+            (r"/blobs/([^/?]+)", BlobHandler, {"store": store}),
             (r"/health", HealthHandler),
         ],
     )
