@@ -399,3 +399,94 @@ def test_build_past_its_time_limit_fails_and_leaves_nothing(
     with pytest.raises(EnvironmentBuildError, match="timed out"):
         asyncio.run(cache.ensure(spec(index_url, "tinypkg")))
     assert list(cache.tmp_dir.iterdir()) == [] and list(cache.envs_dir.iterdir()) == []
+
+
+def _fake_python(path: Path) -> None:
+    """An executable file where an interpreter would be (discovery never runs it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 1\n")
+    path.chmod(0o755)
+
+
+def test_discovery_picks_the_newest_release_and_skips_names_that_are_not_releases(tmp_path: Path) -> None:
+    # Versions no real interpreter here has (3.9x), so only these fakes can answer for them.
+    pyenv = tmp_path / "pyenv" / "versions"
+    for name in [
+        "3.97.9",
+        "3.97.10",
+        "3.96.0rc1",
+        "3.95.1",
+        "3.95.2rc1",
+        "3.94-dev",
+        "3.93.0t",
+        "miniconda3-latest",
+    ]:
+        v = ".".join(name.split(".")[:2]).removesuffix("-dev")
+        _fake_python(pyenv / name / "bin" / f"python{v}")
+    uv = tmp_path / "uv-pythons"
+    for name in [
+        "cpython-3.92.9-linux-x86_64-gnu",
+        "cpython-3.92.10-linux-x86_64-gnu",
+        "cpython-3.91.0+freethreaded-linux-x86_64-gnu",
+        "pypy-3.90.1-linux-x86_64-gnu",
+    ]:
+        v = ".".join(name.split("-")[1].split(".")[:2])
+        _fake_python(uv / name / "bin" / f"python{v}")
+    on_path = tmp_path / "bin"
+    _fake_python(on_path / "python3.89")
+    _fake_python(tmp_path / "pyenv" / "shims" / "python3.88")  # a shim: skipped
+    _fake_python(tmp_path / "venv" / "bin" / "python3.87")  # a venv's bin: skipped
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    path = os.pathsep.join([str(on_path), str(tmp_path / "pyenv" / "shims"), str(tmp_path / "venv" / "bin")])
+    env = {"PATH": path, "PYENV_ROOT": str(tmp_path / "pyenv"), "UV_PYTHON_INSTALL_DIR": str(uv)}
+    found = EnvironmentCache(tmp_path / "cache", env=env).available_pythons()
+
+    assert found[OWN] == Path(getattr(sys, "_base_executable", sys.executable)).absolute()
+    assert found["3.97"] == pyenv / "3.97.10" / "bin" / "python3.97"  # 10 > 9, not as strings
+    assert found["3.96"] == pyenv / "3.96.0rc1" / "bin" / "python3.96"  # a candidate, when alone
+    assert found["3.95"] == pyenv / "3.95.1" / "bin" / "python3.95"  # a final release over a newer rc
+    assert found["3.92"] == uv / "cpython-3.92.10-linux-x86_64-gnu" / "bin" / "python3.92"
+    assert found["3.89"] == on_path / "python3.89"
+    for absent in ["3.94", "3.93", "3.91", "3.90", "3.88", "3.87"]:
+        assert absent not in found
+    versions = list(found)
+    assert versions == sorted(versions, key=lambda v: tuple(map(int, v.split("."))))
+
+
+def test_only_exact_pins_installed_here_need_no_venv(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    cache = EnvironmentCache(tmp_path / "envcache", uv="/nonexistent/uv")
+    cp = version("cloudpickle")
+    here = Path(sys.executable).absolute()
+    for reqs in ([f"cloudpickle=={cp}"], [f"CloudPickle == {cp}.0", f"pyyaml=={version('PyYAML')}"]):
+        env = cache.lookup(EnvSpec.create("", reqs))
+        assert env is not None and env.python == here and env.venv is None, reqs
+    for req in [
+        f"cloudpickle>={cp}",  # a range, even one the server satisfies
+        f"cloudpickle=={cp.split('.')[0]}.*",  # a wildcard
+        f"cloudpickle[extra]=={cp}",  # extras may need more packages
+        f"cloudpickle=={cp}; python_version > '3'",  # a marker
+        "cloudpickle==0.0.1",  # another version
+        "no-such-distribution-here==1.0",
+    ]:
+        assert cache.lookup(EnvSpec.create("", [req])) is None, req
+    assert (
+        EnvironmentCache(tmp_path / "envcache", reuse_server_packages=False).lookup(
+            EnvSpec.create("", [f"cloudpickle=={cp}"])
+        )
+        is None
+    )
+
+
+def test_from_proto_parses_a_python_env_once_and_refuses_a_bad_one_every_time() -> None:
+    pe = jobs_pb2.PythonEnv(requirements=["TinyPkg==1.0"], python_version="3.11.2")
+    pe.pip_options.index_url = "file:///x"
+    first = EnvSpec.from_proto(pe)
+    pe.local_modules.add(sha256="ab" * 32)  # local modules are no part of the environment
+    assert EnvSpec.from_proto(pe) is first
+    assert first == EnvSpec.create("3.11", ["tinypkg==1.0"], index_url="file:///x")
+    pe.requirements.append("x==")
+    for _ in range(2):
+        with pytest.raises(InvalidArgument, match="'x=='"):
+            EnvSpec.from_proto(pe)

@@ -31,13 +31,14 @@ import importlib.machinery
 import importlib.metadata
 import importlib.util
 import os
-import re
 import site
 import sys
 import tokenize
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
 
 from jupyter_ds_jobs.common.errors import InvalidArgument, NotFound
 from jupyter_ds_jobs.packaging.source import ImportRef, find_imports, parse_cell
@@ -69,10 +70,6 @@ class ScriptAnalysis:
 # --------------------------------------------------------------------------- installed distributions
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 @functools.cache
 def _packages_distributions() -> Mapping[str, list[str]]:
     return importlib.metadata.packages_distributions()
@@ -85,7 +82,7 @@ def _distributions() -> dict[str, importlib.metadata.Distribution]:
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
         if name:
-            out.setdefault(_canonical(name), dist)
+            out.setdefault(canonicalize_name(name), dist)
     return out
 
 
@@ -169,14 +166,13 @@ def _owners(candidates: Sequence[str], dotted: Iterable[str]) -> list[str]:
 
 def _distributions_for(top: str, dotted: Iterable[str]) -> list[importlib.metadata.Distribution]:
     dists = _distributions()
-    candidates = [
-        c for c in dict.fromkeys(_canonical(n) for n in _packages_distributions().get(top, ())) if c in dists
-    ]
+    names = dict.fromkeys(canonicalize_name(n) for n in _packages_distributions().get(top, ()))
+    candidates: list[str] = [c for c in names if c in dists]
     if len(candidates) > 1:
         candidates = _owners(candidates, dotted) or candidates
     if not candidates and _find_spec(top) is not None:
         # editable installs often record only a .pth file: match the project name instead
-        canonical = _canonical(top)
+        canonical = canonicalize_name(top)
         if canonical in dists:
             candidates = [canonical]
     return [dists[c] for c in candidates]
@@ -297,7 +293,7 @@ def requirements_for_modules(
             unresolved.add(top)
         for dist in found:
             pin = _pin(dist)
-            pins.setdefault(_canonical(pin.partition("==")[0]), pin)
+            pins.setdefault(canonicalize_name(pin.partition("==")[0]), pin)
     return [pins[k] for k in sorted(pins)], sorted(unresolved)
 
 

@@ -1,9 +1,10 @@
 """Job Python environments: virtual environments built with uv and cached by content.
 
 A job's ``python_env`` (python version, pip requirements, pip options, or a conda YAML whose
-``python`` and ``pip:`` parts are honoured) becomes an :class:`EnvSpec`. The
+``python`` and ``pip:`` parts are honoured, see :mod:`.conda`) becomes an :class:`EnvSpec`. The
 :class:`EnvironmentCache` maps it to an :class:`Environment` — an interpreter reached by absolute
-path, plus the venv's ``bin/`` — building the venv with ``uv`` on a miss.
+path (:mod:`.interpreters`), plus the venv's ``bin/`` — building the venv with uv (:mod:`.uv`)
+on a miss.
 
 Layout under the cache root::
 
@@ -12,7 +13,10 @@ Layout under the cache root::
     tmp/<key>.<pid>.<rand>/     a build in progress; renamed onto envs/<key> when complete
     uv-cache/                   uv's cache (unless UV_CACHE_DIR is set in the environment)
 
-* A hit is one ``utime`` on the marker: no subprocess, no index request.
+* A hit is one ``utime`` on the marker: no subprocess, no index request. A ``python_env`` seen
+  before (Create, then Execute, then the next job) is not parsed again.
+* Requirements that are all exact pins already installed for the server's own interpreter need
+  no venv at all (the embedded server runs on the kernel's interpreter).
 * A miss builds into ``tmp/`` with ``uv venv --relocatable`` and ``uv pip install``, then publishes
   with one atomic ``rename``; a failed build removes its temp dir, so nothing is left behind.
   Identical concurrent misses in one event loop share one build; two processes racing on one root
@@ -26,29 +30,33 @@ Layout under the cache root::
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import json
 import os
-import re
 import shutil
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion
 
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.common.connection import pid_alive
 from jupyter_ds_jobs.common.errors import FailedPrecondition, InvalidArgument
-from jupyter_ds_jobs.common.requirements import apply_pip_option, normalize_requirement, split_pip_option
+from jupyter_ds_jobs.common.requirements import normalize_requirement
+from jupyter_ds_jobs.server.conda import CONDA_FIELD, parse_conda_yaml
+from jupyter_ds_jobs.server.interpreters import discover_pythons, own_base_interpreter, python_major_minor
+from jupyter_ds_jobs.server.uv import EnvironmentBuildError, LogFn, Uv, tree_size
 
 __all__ = [
     "EnvSpec",
@@ -57,113 +65,10 @@ __all__ = [
     "EnvironmentCache",
 ]
 
-LogFn = Callable[[str], None]
-
 _KEY_FORMAT = 2  # 2: requirements in pypa packaging's normal form
 _MARKER = ".jds-env.json"
 _REQ_FIELD = "env.python_env.requirements"
 _VERSION_FIELD = "env.python_env.python_version"
-_CONDA_FIELD = "env.python_env.conda_yaml"
-_STDERR_KEEP = 200  # lines of uv's stderr kept for the error message
-_LINE_MAX = 64 * 1024
-
-_NETWORK_ERROR = re.compile(
-    r"Failed to fetch|error sending request|tcp connect error|dns error|failed to lookup address"
-    r"|Connection refused|Network is unreachable|Could not connect|operation timed out|Request failed after",
-    re.IGNORECASE,
-)
-
-
-class EnvironmentBuildError(FailedPrecondition):
-    """Building a job's environment failed; ``stderr`` holds uv's own error output."""
-
-    def __init__(self, message: str, *, stderr: str = "", returncode: int | None = None) -> None:
-        super().__init__(message)
-        self.stderr = stderr
-        self.returncode = returncode
-
-
-# --------------------------------------------------------------------------------------------------
-# conda YAML
-
-
-@dataclass
-class _CondaParts:
-    python_version: str = ""
-    requirements: list[str] = field(default_factory=list)
-    pip: jobs_pb2.PipOptions = field(default_factory=jobs_pb2.PipOptions)
-
-
-def _python_major_minor(text: str, field: str) -> str:
-    m = re.fullmatch(r"\s*(\d+)\.(\d+)(?:\.\d+)?\s*", text)
-    if m is None:
-        raise InvalidArgument(f"python version {text!r} must be major.minor, like 3.11", field=field)
-    return f"{int(m.group(1))}.{int(m.group(2))}"
-
-
-def _parse_pip_lines(lines: Sequence[str], parts: _CondaParts) -> None:
-    for raw in lines:
-        if not isinstance(raw, str):
-            raise InvalidArgument(f"pip entry {raw!r} is not a string", field=_CONDA_FIELD)
-        line = raw.strip()
-        if not line.startswith("-"):
-            parts.requirements.append(line)
-            continue
-        try:
-            apply_pip_option(parts.pip, *split_pip_option(line))
-        except ValueError as exc:
-            raise InvalidArgument(f"{line!r}: {exc}", field=_CONDA_FIELD) from None
-
-
-def parse_conda_yaml(text: str) -> _CondaParts:
-    """The parts of a conda environment YAML this server honours: python version and pip section.
-
-    Conda-only packages raise ``FailedPrecondition`` naming them.
-    """
-    parts = _CondaParts()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"not valid YAML: {exc}", field=_CONDA_FIELD) from None
-    if data is None:
-        return parts
-    if not isinstance(data, dict):
-        raise InvalidArgument("must be a mapping with a 'dependencies' list", field=_CONDA_FIELD)
-    deps = data.get("dependencies") or []
-    if not isinstance(deps, list):
-        raise InvalidArgument("'dependencies' must be a list", field=_CONDA_FIELD)
-    conda_only: list[str] = []
-    for dep in deps:
-        if isinstance(dep, dict):
-            if set(dep) != {"pip"} or not isinstance(dep["pip"], list):
-                raise InvalidArgument(
-                    f"dependency {dep!r}: only a 'pip:' list is allowed", field=_CONDA_FIELD
-                )
-            _parse_pip_lines(dep["pip"], parts)
-            continue
-        if not isinstance(dep, (str, int, float)):
-            raise InvalidArgument(f"dependency {dep!r} is not a string", field=_CONDA_FIELD)
-        spec = str(dep).strip()
-        m = re.match(r"(?:[^\s:]+::)?([A-Za-z0-9_.\-]+)\s*(.*)", spec)
-        if m is None:
-            raise InvalidArgument(f"cannot parse dependency {spec!r}", field=_CONDA_FIELD)
-        name, constraint = m.group(1).lower(), m.group(2).strip()
-        if name == "python":
-            if constraint:
-                vm = re.fullmatch(r"(?:==?)?\s*(\d+\.\d+)(?:\.[\d*]+|\.?\*)?(?:\s+\S+)?", constraint)
-                if vm is None:
-                    raise InvalidArgument(
-                        f"{spec!r}: pin python as python=3.X (ranges are not supported)", field=_CONDA_FIELD
-                    )
-                parts.python_version = _python_major_minor(vm.group(1), _CONDA_FIELD)
-        elif name != "pip":
-            conda_only.append(spec)
-    if conda_only:
-        raise FailedPrecondition(
-            "conda packages cannot be installed here, only pip ones; move these to the 'pip:' section "
-            f"of conda_yaml or to requirements: {', '.join(conda_only)}"
-        )
-    return parts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,7 +107,7 @@ class EnvSpec:
                 normalized.add(normalize_requirement(req))
             except ValueError as exc:
                 raise InvalidArgument(f"{req!r} is not a valid requirement: {exc}", field=field) from None
-        version = _python_major_minor(python_version, _VERSION_FIELD) if python_version.strip() else ""
+        version = python_major_minor(python_version, _VERSION_FIELD) if python_version.strip() else ""
         return cls(
             python_version=version,
             requirements=tuple(sorted(normalized)),
@@ -215,40 +120,20 @@ class EnvSpec:
 
     @classmethod
     def from_proto(cls, python_env: jobs_pb2.PythonEnv) -> EnvSpec:
-        """Validate a job's ``PythonEnv``: requirements, pip options, python version, conda YAML."""
+        """Validate a job's ``PythonEnv``: requirements, pip options, python version, conda YAML.
+
+        Memoized on those fields (not on ``local_modules``): a job's environment is checked on
+        Create, on Execute and when it starts, and most jobs repeat an earlier one's.
+        """
         opts = python_env.pip_options
-        version = python_env.python_version.strip()
-        if version:
-            version = _python_major_minor(version, _VERSION_FIELD)
-        requirements = list(python_env.requirements)
-        # Validate the proto's own requirements first so the error names the right field.
-        cls.create("", requirements)
-        index_url = opts.index_url
-        extra = list(opts.extra_index_urls)
-        hosts = list(opts.trusted_hosts)
-        no_deps = bool(opts.no_deps)
-        if python_env.conda_yaml.strip():
-            conda = parse_conda_yaml(python_env.conda_yaml)
-            if conda.python_version:
-                if version and version != conda.python_version:
-                    raise InvalidArgument(
-                        f"python_version {version} disagrees with python={conda.python_version} in conda_yaml",
-                        field=_VERSION_FIELD,
-                    )
-                version = conda.python_version
-            cls.create("", conda.requirements, field=_CONDA_FIELD)
-            requirements += conda.requirements
-            index_url = index_url or conda.pip.index_url
-            extra += conda.pip.extra_index_urls
-            hosts += conda.pip.trusted_hosts
-            no_deps = no_deps or conda.pip.no_deps
-        return cls.create(
-            version,
-            requirements,
-            index_url=index_url,
-            extra_index_urls=extra,
-            trusted_hosts=hosts,
-            no_deps=no_deps,
+        return _spec_of(
+            python_env.python_version,
+            tuple(python_env.requirements),
+            python_env.conda_yaml,
+            opts.index_url,
+            tuple(opts.extra_index_urls),
+            tuple(opts.trusted_hosts),
+            bool(opts.no_deps),
         )
 
     def key(self, interpreter: Path) -> str:
@@ -284,6 +169,46 @@ class EnvSpec:
         return args
 
 
+@functools.lru_cache(maxsize=1024)  # errors are not cached: a bad python_env is refused every time
+def _spec_of(
+    python_version: str,
+    requirements: tuple[str, ...],
+    conda_yaml: str,
+    index_url: str,
+    extra: tuple[str, ...],
+    hosts: tuple[str, ...],
+    no_deps: bool,
+) -> EnvSpec:
+    version = python_major_minor(python_version, _VERSION_FIELD) if python_version.strip() else ""
+    reqs = list(requirements)
+    extra_urls, trusted = list(extra), list(hosts)
+    # Validate the proto's own requirements first so the error names the right field.
+    EnvSpec.create("", reqs)
+    if conda_yaml.strip():
+        conda = parse_conda_yaml(conda_yaml)
+        if conda.python_version:
+            if version and version != conda.python_version:
+                raise InvalidArgument(
+                    f"python_version {version} disagrees with python={conda.python_version} in conda_yaml",
+                    field=_VERSION_FIELD,
+                )
+            version = conda.python_version
+        EnvSpec.create("", conda.requirements, field=CONDA_FIELD)
+        reqs += conda.requirements
+        index_url = index_url or conda.pip.index_url
+        extra_urls += conda.pip.extra_index_urls
+        trusted += conda.pip.trusted_hosts
+        no_deps = no_deps or conda.pip.no_deps
+    return EnvSpec.create(
+        version,
+        reqs,
+        index_url=index_url,
+        extra_index_urls=extra_urls,
+        trusted_hosts=trusted,
+        no_deps=no_deps,
+    )
+
+
 @dataclass(frozen=True)
 class Environment:
     """Where a job's Python lives: an absolute interpreter, and the venv when there is one."""
@@ -307,146 +232,31 @@ class Environment:
         return out
 
 
-# --------------------------------------------------------------------------------------------------
-# Interpreter discovery
-
-
-def _version_of_name(name: str) -> str | None:
-    m = re.fullmatch(r"python(\d+)\.(\d+)", name)
-    return f"{m.group(1)}.{m.group(2)}" if m else None
-
-
-def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
-def _discover_pythons(env: Mapping[str, str]) -> dict[str, Path]:
-    """Installed CPython interpreters by major.minor: own, PATH, pyenv, uv-managed; never shims."""
-    found: dict[str, Path] = {}
-
-    def add(version: str, path: Path) -> None:
-        if version.startswith("3.") and version not in found and _is_executable(path):
-            found[version] = path
-
-    own = f"{sys.version_info.major}.{sys.version_info.minor}"
-    add(own, _own_base_interpreter())
-    pyenv_root = Path(env.get("PYENV_ROOT") or Path.home() / ".pyenv")
-    for entry in env.get("PATH", "").split(os.pathsep):
-        if not entry:
-            continue
-        directory = Path(entry)
-        # Shims (pyenv, asdf) re-exec through a shell script: slow, and may not even run.
-        if directory.name == "shims" or (directory.parent / "pyvenv.cfg").exists():
-            continue
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            continue
-        for name in names:
-            version = _version_of_name(name)
-            if version:
-                add(version, directory.absolute() / name)
-    pyenv_versions = pyenv_root / "versions"
-    if pyenv_versions.is_dir():
-        for vdir in sorted(pyenv_versions.iterdir(), key=lambda p: _version_sort_key(p.name), reverse=True):
-            m = re.fullmatch(r"(\d+)\.(\d+)\.\d+", vdir.name)
-            if m:
-                version = f"{m.group(1)}.{m.group(2)}"
-                add(version, vdir / "bin" / f"python{version}")
-    uv_dir = env.get("UV_PYTHON_INSTALL_DIR") or str(
-        Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "uv" / "python"
-    )
-    uv_pythons = Path(uv_dir)
-    if uv_pythons.is_dir():
-        for vdir in sorted(uv_pythons.iterdir(), key=lambda p: p.name, reverse=True):
-            m = re.fullmatch(r"cpython-(\d+)\.(\d+)\.\d+-[^+]*", vdir.name)  # '+freethreaded' skipped
-            if m:
-                version = f"{m.group(1)}.{m.group(2)}"
-                add(version, vdir / "bin" / f"python{version}")
-    return dict(sorted(found.items(), key=lambda kv: _version_sort_key(kv[0])))
-
-
-def _version_sort_key(version: str) -> tuple[int, ...]:
+def _installed_here(requirement: str) -> bool:
+    """Is ``requirement`` an exact pin (``name==version``; no extras, marker, URL or wildcard)
+    that this process's environment has installed?"""
     try:
-        return tuple(int(p) for p in version.split("."))
-    except ValueError:
-        return (0,)
-
-
-def _own_base_interpreter() -> Path:
-    base = getattr(sys, "_base_executable", "") or sys.executable
-    return Path(base).absolute()
-
-
-# --------------------------------------------------------------------------------------------------
-# The cache
-
-
-async def _pump(
-    stream: asyncio.StreamReader | None, emit: LogFn, keep: collections.deque[str] | None
-) -> None:
-    if stream is None:
-        return
-    buf = b""
-    while True:
-        chunk = await stream.read(65536)
-        if not chunk:
-            break
-        buf += chunk
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                if len(buf) > _LINE_MAX:
-                    nl = len(buf)
-                else:
-                    break
-            line = buf[:nl].decode("utf-8", "replace").rstrip("\r")
-            buf = buf[nl + 1 :]
-            emit(line)
-            if keep is not None:
-                keep.append(line)
-    if buf:
-        line = buf.decode("utf-8", "replace").rstrip("\r")
-        emit(line)
-        if keep is not None:
-            keep.append(line)
-
-
-def _tree_size(root: Path) -> int:
-    """Bytes of the files under ``root`` (each inode once; symlinks not followed)."""
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + dirnames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_size
-    return total
+        req = Requirement(requirement)
+    except InvalidRequirement:
+        return False
+    pins = list(req.specifier)
+    if req.extras or req.marker is not None or req.url or len(pins) != 1:
+        return False
+    pin = pins[0]
+    if pin.operator != "==" or pin.version.endswith(".*"):
+        return False
+    try:
+        return pin.contains(metadata.version(req.name), prereleases=True)
+    except (metadata.PackageNotFoundError, InvalidVersion):
+        return False
 
 
 _FREE_SLOTS: dict[str, list[int]] = {}
 _SLOT_NUMBERS = itertools.count(1)
 
 
-_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([A-Za-z0-9.+!_-]+)$")
-
-
-def _installed_here(requirement: str) -> bool:
-    """``name==version`` installed in this process's environment (no markers, no ranges)."""
-    from importlib import metadata
-
-    m = _PIN_RE.match(requirement)
-    if m is None:
-        return False
-    try:
-        return metadata.version(m.group(1)) == m.group(2)
-    except metadata.PackageNotFoundError:
-        return False
+# --------------------------------------------------------------------------------------------------
+# The cache
 
 
 class EnvironmentCache:
@@ -473,8 +283,8 @@ class EnvironmentCache:
         self.build_timeout_s = build_timeout_s
         self.find_links = tuple(find_links)
         self.builds = 0  # uv builds started by this cache (for stats and tests)
-        self._uv = uv
         self._env = dict(os.environ if env is None else env)
+        self._uv = Uv(self.root, self._env, uv)
         # "clone": reflink (copy-on-write) where the filesystem can, else a copy. Each venv owns its
         # files, so a job writing into its site-packages can't corrupt uv's cache or other venvs
         # (hardlinks would share them), and it is faster than uv's hardlink mode for small envs.
@@ -495,13 +305,13 @@ class EnvironmentCache:
     def available_pythons(self) -> dict[str, Path]:
         """Installed interpreters by major.minor (``"3.11" -> path``); discovered once."""
         if self._pythons is None:
-            self._pythons = _discover_pythons(self._env)
+            self._pythons = discover_pythons(self._env)
         return dict(self._pythons)
 
     def interpreter_for(self, version: str) -> Path:
         """Absolute interpreter for ``major.minor`` ("" = the server's own); never downloads one."""
         if not version:
-            return _own_base_interpreter()
+            return own_base_interpreter()
         pythons = self._pythons if self._pythons is not None else self.available_pythons()
         path = pythons.get(version)
         if path is None:
@@ -518,7 +328,7 @@ class EnvironmentCache:
         if hit is not None:
             return hit
         interpreter = self.interpreter_for(spec.python_version)
-        own = not spec.python_version or interpreter == _own_base_interpreter()
+        own = not spec.python_version or interpreter == own_base_interpreter()
         resolved = (interpreter, self._effective(spec).key(interpreter), own)
         if len(self._resolved) > 4096:
             self._resolved.clear()
@@ -537,6 +347,8 @@ class EnvironmentCache:
         hit = self._satisfied.get(spec)
         if hit is None:
             hit = all(_installed_here(req) for req in spec.requirements)
+            if len(self._satisfied) > 4096:
+                self._satisfied.clear()
             self._satisfied[spec] = hit
         return hit
 
@@ -624,65 +436,6 @@ class EnvironmentCache:
             with contextlib.suppress(Exception):
                 sink(line)
 
-    def _uv_bin(self) -> str:
-        if self._uv is None:
-            try:
-                from uv import find_uv_bin
-
-                self._uv = find_uv_bin()
-            except (ImportError, FileNotFoundError):
-                found = shutil.which("uv")
-                if found is None:
-                    raise FailedPrecondition("uv is not installed on the server (pip install uv)") from None
-                self._uv = found
-        return self._uv
-
-    def _uv_env(self) -> dict[str, str]:
-        env = dict(self._env)
-        env.setdefault("UV_CACHE_DIR", str(self.root / "uv-cache"))
-        env["NO_COLOR"] = "1"
-        env["UV_NO_PROGRESS"] = "1"
-        env["UV_PYTHON_DOWNLOADS"] = "never"
-        for var in (
-            "VIRTUAL_ENV",
-            "CONDA_PREFIX",
-            "UV_PROJECT_ENVIRONMENT",
-            "UV_SYSTEM_PYTHON",
-            "UV_OFFLINE",
-        ):
-            env.pop(var, None)
-        return env
-
-    async def _run_uv(self, args: list[str], emit: LogFn, deadline: float) -> tuple[int, str]:
-        """Run uv, stream its stdout/stderr lines to ``emit``; return (returncode, stderr tail)."""
-        proc = await asyncio.create_subprocess_exec(
-            self._uv_bin(),
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self._uv_env(),
-            cwd=self.root,
-            start_new_session=True,
-        )
-        keep: collections.deque[str] = collections.deque(maxlen=_STDERR_KEEP)
-        try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await asyncio.gather(_pump(proc.stdout, emit, None), _pump(proc.stderr, emit, keep))
-                rc = await proc.wait()
-        except TimeoutError:
-            raise EnvironmentBuildError(
-                f"building the python environment timed out after {self.build_timeout_s:g} s "
-                f"(uv {args[0]}); last output:\n" + "\n".join(keep),
-                stderr="\n".join(keep),
-            ) from None
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, 9)
-                await proc.wait()
-        return rc, "\n".join(keep)
-
     def _take_slot(self, interpreter: Path) -> tuple[Path, tuple[str, int]]:
         """A build dir under tmp/, reused by later builds for the same interpreter in this process.
 
@@ -698,73 +451,55 @@ class EnvironmentCache:
             shutil.rmtree(path, ignore_errors=True)
         return path, (ident, number)
 
+    def _publish(
+        self, spec: EnvSpec, interpreter: Path, key: str, tmp: Path, size: int, started: float
+    ) -> bool:
+        """Write the marker and rename ``tmp`` onto ``envs/<key>``; False if another process was first."""
+        marker: dict[str, Any] = {
+            "key": key,
+            "python": str(interpreter),
+            "requirements": list(spec.requirements),
+            "uv_args": spec.uv_install_args(),
+            "size": size,
+            "built_at": time.time(),
+            "build_seconds": round(time.monotonic() - started, 3),
+        }
+        (tmp / _MARKER).write_text(json.dumps(marker, indent=1))
+        try:
+            os.rename(tmp, self.envs_dir / key)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            return False
+        return True
+
     async def _build(self, spec: EnvSpec, interpreter: Path, key: str) -> None:
         self.builds += 1
         started = time.monotonic()
-        deadline = started + self.build_timeout_s
 
         def emit(line: str) -> None:
             self._emit(key, line)
 
-        reqs = ", ".join(spec.requirements)
-        emit(f"building python environment {key[:12]}: python {interpreter} with {reqs}")
+        emit(
+            f"building python environment {key[:12]}: python {interpreter} with {', '.join(spec.requirements)}"
+        )
         tmp, slot = self._take_slot(interpreter)
         try:
-            rc, err = await self._run_uv(
-                ["venv", "--relocatable", "--no-project", "--quiet", "--python", str(interpreter), str(tmp)],
+            await self._uv.build_venv(
+                tmp,
+                interpreter,
+                spec.requirements,
+                [*spec.uv_install_args(), "--link-mode", self.link_mode],
                 emit,
-                deadline,
+                deadline=started + self.build_timeout_s,
+                limit_s=self.build_timeout_s,
             )
-            if rc != 0:
-                raise EnvironmentBuildError(
-                    f"creating the virtual environment failed (uv venv, exit {rc}):\n{err}",
-                    stderr=err,
-                    returncode=rc,
-                )
-            install = [
-                "pip",
-                "install",
-                "--python",
-                str(tmp / "bin" / "python"),
-                "--link-mode",
-                self.link_mode,
-            ]
-            install += spec.uv_install_args()
-            install += ["--", *spec.requirements]
-            rc, err = await self._run_uv(install, emit, deadline)
-            if rc != 0 and _NETWORK_ERROR.search(err):
-                emit("the package index cannot be reached; retrying offline from uv's cache")
-                rc2, err2 = await self._run_uv([*install[:2], "--offline", *install[2:]], emit, deadline)
-                if rc2 == 0:
-                    rc, err = 0, ""
-                else:
-                    err = f"{err}\n(offline retry from uv's cache also failed:)\n{err2}"
-            if rc != 0:
-                raise EnvironmentBuildError(
-                    f"installing the requirements failed (uv pip install, exit {rc}):\n{err}",
-                    stderr=err,
-                    returncode=rc,
-                )
-            size = await asyncio.to_thread(_tree_size, tmp)
-            marker: dict[str, Any] = {
-                "key": key,
-                "python": str(interpreter),
-                "requirements": list(spec.requirements),
-                "uv_args": spec.uv_install_args(),
-                "size": size,
-                "built_at": time.time(),
-                "build_seconds": round(time.monotonic() - started, 3),
-            }
-            (tmp / _MARKER).write_text(json.dumps(marker, indent=1))
-            target = self.envs_dir / key
-            try:
-                os.rename(tmp, target)
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
+            size = await asyncio.to_thread(tree_size, tmp)
+            if not self._publish(spec, interpreter, key, tmp, size, started):
                 emit("another process published the same environment first; using it")
             emit(
-                f"python environment ready in {time.monotonic() - started:.2f} s ({size / 1e6:.1f} MB): {target}"
+                f"python environment ready in {time.monotonic() - started:.2f} s ({size / 1e6:.1f} MB): "
+                f"{self.envs_dir / key}"
             )
         finally:
             if tmp.exists():
