@@ -123,3 +123,29 @@ def test_conda_only_packages_are_refused(env_server: Api) -> None:
     with pytest.raises(grpc.RpcError) as e:
         api.create("python -V", env=env)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "cudatoolkit" in e.value.details()
+
+
+WARM_CHECK = b"""import os, sys
+print(sys.prefix == os.environ["VIRTUAL_ENV"], os.path.basename(os.path.dirname(sys.prefix)))
+print(b"_zygote_main.py" in open(f"/proc/{os.getppid()}/cmdline", "rb").read())
+print(all(m in sys.modules for m in ("runpy", "ast", "threading")))
+"""
+
+
+def test_a_warm_started_job_forks_the_environments_own_warm_interpreter(
+    env_server: Api, index_url: str
+) -> None:
+    api = env_server
+    job_id = api.create(
+        "python _ds_runner.py",
+        env=python_env(index_url, "tinypkg==1.0"),
+        modules={"_ds_runner.py": WARM_CHECK},
+    )
+    job, _ = api.run(job_id)
+    assert job.status == S.SUCCESS, job.status_details
+    in_venv, forked, preloaded = out(api, job_id).splitlines()
+    assert in_venv == "True envs"  # the venv's interpreter, in the cache's envs/
+    assert forked == "True"  # the job's parent is the zygote of that interpreter
+    # What every forked job uses itself was imported once, by the zygote, though the venv has no
+    # cloudpickle (whose imports used to bring them): no job pays for them.
+    assert preloaded == "True"

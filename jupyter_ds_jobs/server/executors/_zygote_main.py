@@ -23,7 +23,10 @@ import socket
 import sys
 from typing import Any
 
-PRELOAD = ("cloudpickle", "json", "linecache", "contextlib", "importlib", "types", "typing", "base64")
+# The runner's imports, then what every forked child uses itself, cloudpickle (absent from some job
+# venvs) or not: runpy, ast (compile() builds the AST types on its first call) and threading.
+PRELOAD: tuple[str, ...] = ("cloudpickle", "json", "linecache", "contextlib", "importlib", "types", "typing")
+PRELOAD += ("base64", "runpy", "ast", "threading")
 
 
 def _preload() -> None:
