@@ -56,6 +56,7 @@ class EnvironmentBuildError(FailedPrecondition):
 async def _pump(
     stream: asyncio.StreamReader | None, emit: LogFn, keep: collections.deque[str] | None
 ) -> None:
+    # Not StreamReader.readline: that raises on a line over its limit; here such a line goes in pieces.
     if stream is None:
         return
 
