@@ -212,6 +212,21 @@ def test_async_attach_list_get_logs_download_ttl_delete(cli: Cli, tmp_path: Path
     assert r.returncode == 1 and r.stderr.strip() == f"error: job '{job_id}' not found"
 
 
+def test_execute_data_ttl_days_and_infinity(cli: Cli, client: JobsClient, tmp_path: Path) -> None:
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "config.yaml").write_text("cmd: echo hi\n")
+    config = str(tmp_path / "job" / "config.yaml")
+    job_id = cli("execute", "-c", config, "--async", "--data-ttl-days", "2").stdout.strip()
+    job = client.get(job_id)
+    left = job.data_expires_at.ToSeconds() - job.created_at.ToSeconds()
+    assert abs(left - 2 * 86400) < 5
+    job_id = cli("execute", "-c", config, "--async", "--data-ttl-days", "infinity").stdout.strip()
+    assert not client.get(job_id).HasField("data_expires_at")  # kept forever, not the server's 14 days
+    job_id = cli("execute", "-c", config, "--async").stdout.strip()
+    job = client.get(job_id)
+    assert abs(job.data_expires_at.ToSeconds() - job.created_at.ToSeconds() - 14 * 86400) < 5
+
+
 def test_fork_with_new_input_var(cli: Cli, client: JobsClient, tmp_path: Path) -> None:
     job = tmp_path / "job"
     job.mkdir()

@@ -167,6 +167,8 @@ def cmd_execute(args: argparse.Namespace) -> int:
     ttl = _ttl(args.data_ttl_days) if args.data_ttl_days is not None else None
     with _client(args) as client:
         job_id = client.create_from_spec(spec, progress=console.transfer, data_ttl=ttl)
+        if args.data_ttl_days is not None and ttl is None:  # 'infinity': Create cannot say "forever"
+            client.set_data_ttl(job_id, None)
         st = client.last_create
         if st is not None:
             console.info(

@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+import psutil
 from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
 
 from jupyter_ds_jobs.common.errors import FailedPrecondition

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+import psutil
 from filelock import FileLock, Timeout
 
 from jupyter_ds_jobs.common.connection import (

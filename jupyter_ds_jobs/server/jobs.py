@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import timedelta
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+import psutil
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
