@@ -1,11 +1,13 @@
 """The handle of a job started by ``%%ds_job`` or reattached by ``%ds_job_attach``: it follows the
-job's logs and progress into a view, waits (Ctrl-C cancels), and loads the results into the kernel."""
+job's logs and progress into a view, waits (Ctrl-C or the view's Cancel button cancels), and loads
+the results into the kernel. :func:`default_job_name` names a cell's job."""
 
 from __future__ import annotations
 
 import codecs
 import collections
 import contextlib
+import os
 import re
 import shutil
 import sys
@@ -26,10 +28,29 @@ from jupyter_ds_jobs.packaging.celljob import CellJob
 from jupyter_ds_jobs.packaging.runner import ERROR_FILE, OUTPUTS_DIR, OUTPUTS_MANIFEST, OUTPUTS_ZIP
 from jupyter_ds_jobs.widgets import JobView, Summary, TextView
 
-__all__ = ["DsJob"]
+__all__ = ["DsJob", "default_job_name"]
 
 _TAIL_LINES = 20
 _SYSTEM_SHOWN = re.compile(r"environment|error|cancel|SIGKILL|signal|waiting for a free slot", re.I)
+
+
+def default_job_name(shell: InteractiveShell | None) -> str:
+    """``quickstart [3]``: the notebook's name and the running cell's number where known, else
+    ``cell`` (``cell [3]`` with a number alone).
+
+    The notebook is the one VS Code names in ``__vsc_ipynb_file__`` or the Jupyter server session
+    in ``JPY_SESSION_NAME`` (ipykernel copies it to ``__session__``); the number is the cell's
+    execution count while IPython runs it.
+    """
+    ns = shell.user_ns if shell is not None else {}
+    stem = ""
+    for path in (ns.get("__vsc_ipynb_file__"), ns.get("__session__"), os.environ.get("JPY_SESSION_NAME")):
+        if isinstance(path, str) and path.endswith(".ipynb"):
+            stem = Path(path).stem
+            break
+    running = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    number = getattr(running, "execution_count", None)
+    return (stem or "cell") + (f" [{number}]" if isinstance(number, int) else "")
 
 
 class DsJob:
@@ -80,6 +101,7 @@ class DsJob:
         self._result: Any = None
         self._waiter: threading.Thread | None = None
         self._cancel_requested = 0
+        self._interrupted = False
 
     def __repr__(self) -> str:
         return f"<DsJob {self.name + ' ' if self.name else ''}{self.job_id} {self.status.lower()}>"
@@ -146,6 +168,7 @@ class DsJob:
                 if not interruptible:
                     raise
                 interrupted = interrupted or e
+                self._interrupted = True
                 self._cancel_requested += 1
                 graceful = self._cancel_requested == 1
                 self.view.note(
@@ -170,11 +193,13 @@ class DsJob:
             self._done.set()
 
     def run(self, *, interruptible: bool = True) -> None:
-        """Wait for the job in this thread (Ctrl-C cancels it)."""
+        """Wait for the job in this thread (Ctrl-C cancels it and raises KeyboardInterrupt; a
+        :meth:`cancel` meanwhile, e.g. the view's Cancel button, ends the wait quietly)."""
         self._run_to_end(interruptible)
         if self._cancel_requested and self.status == "CANCELLED":
             self._finish(load=False)
-            raise KeyboardInterrupt(f"job {self.job_id} was cancelled")
+            if self._interrupted:
+                raise KeyboardInterrupt(f"job {self.job_id} was cancelled")
         if isinstance(self._wait_error, KeyboardInterrupt | SystemExit):
             raise self._wait_error
 
@@ -194,6 +219,7 @@ class DsJob:
     def cancel(self, graceful: bool = True) -> None:
         """Cancel the job (``graceful``: its graceful-shutdown signal first)."""
         self._cancel_requested += 1
+        self.view.note("cancelling the job" + (" gracefully" if graceful else ""))
         self.client.cancel(self.job_id, graceful=graceful, reason="cancelled from the notebook")
 
     def result(self, timeout: float | None = None) -> dict[str, object]:

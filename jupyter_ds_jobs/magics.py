@@ -81,11 +81,18 @@ class DsJobsMagics(Magics):
 
         return Settings.load()
 
-    def get_client(self, endpoint: str | None = None, project: str | None = None) -> Any:
+    def get_client(
+        self,
+        endpoint: str | None = None,
+        project: str | None = None,
+        *,
+        note: Callable[[str], None] | None = None,
+    ) -> Any:
         """A connected ``JobsClient`` (cached): explicit > settings/env > embedded local server.
 
         With no endpoint anywhere, the embedded local server is found or started (detached; a few
-        seconds at most) and a message says where it is.
+        seconds at most) and, once per client, one line says where it is: to ``note`` (a view's,
+        shown before the job's logs), else printed on stdout.
         """
         if self.client is not None and not endpoint and not project:
             return self.client
@@ -94,22 +101,20 @@ class DsJobsMagics(Magics):
         client = self._clients.get(key)
         if client is None:
             from jupyter_ds_jobs.core.client import JobsClient
+            from jupyter_ds_jobs.core.embedded import find_server
 
             local = not (endpoint or settings.endpoint)
-            found = None
-            if local:
-                from jupyter_ds_jobs.core.embedded import find_server
-
-                found = find_server()
-                if found is None:
-                    print("ds_job: no job server configured; starting the local one", file=sys.stderr)
+            found = find_server() if local else None
             client = JobsClient.connect(endpoint or None, project_id=project or None, settings=settings)
             if local:
-                from jupyter_ds_jobs.core.embedded import find_server
-
                 info = found or find_server()
-                state = f" (state in {info.state_dir})" if info is not None else ""
-                print(f"ds_job: using the local job server at {client.endpoint}{state}", file=sys.stderr)
+                how = "found" if found is not None else "started"
+                state = f"; state in {info.state_dir}" if info is not None else ""
+                message = f"local job server at {client.endpoint} ({how}{state})"
+                if note is not None:
+                    note(message)
+                else:
+                    print(f"ds_job: {message}")
             self._clients[key] = client
         return client
 
@@ -263,8 +268,11 @@ class DsJobsMagics(Magics):
         opts = self._options(args)
         cj = celljob.build_cell_job(cell, self._user_namespace(), opts)
         try:
-            client = self.get_client(args.endpoint, args.project)
-            name = args.name or (cj.outputs[0] if cj.outputs else "cell")
+            notes: list[str] = []
+            client = self.get_client(args.endpoint, args.project, note=notes.append)
+            from jupyter_ds_jobs.handle import default_job_name
+
+            name = args.name or default_job_name(self.shell)
             holder: list[DsJob] = []
 
             def on_cancel() -> None:
@@ -272,6 +280,8 @@ class DsJobsMagics(Magics):
                     holder[0].cancel(graceful=True)
 
             view = make_view(name, quiet=args.quiet, on_cancel=on_cancel)
+            for text in notes:
+                view.note(text)
             job_id = client.create(cj.params, cj.files, name=name, desc=args.desc or "", config=cell)
         finally:
             cj.cleanup()
@@ -321,7 +331,8 @@ class DsJobsMagics(Magics):
         """Reattach to a job: live logs (from the start), then its results into the namespace."""
         args = self._parse("ds_job_attach", line)
         assert self.shell is not None
-        client = self.get_client(args.endpoint, args.project)
+        notes: list[str] = []
+        client = self.get_client(args.endpoint, args.project, note=notes.append)
         existing = self.jobs.get(args.job_id)
         if existing is not None and existing._waiter is not None:
             existing.result()
@@ -334,6 +345,8 @@ class DsJobsMagics(Magics):
                 holder[0].cancel(graceful=True)
 
         view = make_view(j.name, quiet=args.quiet, on_cancel=on_cancel)
+        for text in notes:
+            view.note(text)
         job = DsJob(client, j.id, shell=self.shell, view=view, name=j.name, output_dir=self._notebook_dir())
         holder.append(job)
         self.jobs[j.id] = job

@@ -8,9 +8,15 @@ Both views take the same events, from any thread (the log follower, the waiting 
 
 :class:`JobWidget` shows a header (name, job id, status, elapsed time), a progress bar driven by the
 job's status stages and its ``JobProgress``, the live stdout and stderr (stderr marked, a bounded
-buffer), a Cancel button and the final summary. Where no widget frontend exists (terminal IPython,
-nbclient, nbconvert) :class:`TextView` writes the same information as plain stream output, so the
-logs are never lost. :func:`make_view` picks one.
+buffer), a Cancel button and the final summary; its parts carry stable CSS classes (``ds-job-widget``,
+``ds-job-status`` with a ``data-status`` attribute, ``ds-job-logs``, ``ds-job-cancel``, ...). Where no
+widget frontend exists (terminal IPython, nbclient, nbconvert, papermill) :class:`TextView` writes the
+same information as plain stream output, so the logs are never lost. :func:`make_view` picks one
+(:func:`widget_frontend`).
+
+The Cancel button works while the cell blocks: a kernel busy in a cell handles no comm message on
+its main shell, so :func:`route_comm_off_main` sends the button's messages to a private kernel
+subshell (ipykernel 7), whose own thread runs the click handler.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ __all__ = [
     "TextView",
     "format_duration",
     "make_view",
+    "route_comm_off_main",
     "widget_frontend",
 ]
 
@@ -203,11 +210,15 @@ class TextView:
 # --------------------------------------------------------------------------- widget
 
 
+_OUT, _ERR, _NOTE = 0, 1, 2  # the kinds of lines in a _LogBuffer
+
+
 class _LogBuffer:
-    """The last ``max_lines`` lines of output, stderr lines marked; renders as HTML or text."""
+    """The last ``max_lines`` lines of output, stderr lines and our own notes marked; renders as HTML
+    or text."""
 
     def __init__(self, max_lines: int = 500, max_line_chars: int = 2000) -> None:
-        self.lines: collections.deque[tuple[bool, str]] = collections.deque(maxlen=max_lines)
+        self.lines: collections.deque[tuple[int, str]] = collections.deque(maxlen=max_lines)
         self.dropped = 0
         self.max_line_chars = max_line_chars
         self._partial: dict[bool, str] = {False: "", True: ""}
@@ -217,11 +228,18 @@ class _LogBuffer:
         parts = text.split("\n")
         self._partial[stderr] = parts.pop()
         for line in parts:
-            if len(self.lines) == self.lines.maxlen:
-                self.dropped += 1
-            if len(line) > self.max_line_chars:
-                line = line[: self.max_line_chars] + " …"
-            self.lines.append((stderr, line))
+            self._append(_ERR if stderr else _OUT, line)
+
+    def add_note(self, text: str) -> None:
+        for line in text.splitlines():
+            self._append(_NOTE, line)
+
+    def _append(self, kind: int, line: str) -> None:
+        if len(self.lines) == self.lines.maxlen:
+            self.dropped += 1
+        if len(line) > self.max_line_chars:
+            line = line[: self.max_line_chars] + " …"
+        self.lines.append((kind, line))
 
     def flush_partial(self) -> None:
         for stderr in (False, True):
@@ -232,9 +250,13 @@ class _LogBuffer:
         rows = []
         if self.dropped:
             rows.append(f'<span style="color:gray">… {self.dropped} earlier lines not shown</span>')
-        for stderr, line in self.lines:
+        for kind, line in self.lines:
             esc = html.escape(line)
-            rows.append(f'<span style="color:#c62828" title="stderr">{esc}</span>' if stderr else esc)
+            if kind == _ERR:
+                esc = f'<span style="color:#c62828" title="stderr">{esc}</span>'
+            elif kind == _NOTE:
+                esc = f'<span class="ds-job-note" style="color:gray">{esc}</span>'
+            rows.append(esc)
         for stderr in (False, True):
             if self._partial[stderr]:
                 esc = html.escape(self._partial[stderr])
@@ -247,7 +269,8 @@ class _LogBuffer:
 
     def text(self) -> str:
         out = [f"... {self.dropped} earlier lines not shown"] if self.dropped else []
-        out += [("[stderr] " if e else "") + line for e, line in self.lines]
+        prefix = {_OUT: "", _ERR: "[stderr] ", _NOTE: "[ds_job] "}
+        out += [prefix[kind] + line for kind, line in self.lines]
         return "\n".join(out)
 
 
@@ -256,7 +279,8 @@ class JobWidget:
 
     Attributes (the widget models, for tests and customization): ``header`` (HTML), ``bar``
     (IntProgress), ``progress_label`` (Label), ``output`` (HTML of the bounded log), ``cancel_button``,
-    ``summary_html`` and ``box`` (the VBox of them all).
+    ``summary_html`` and ``box`` (the VBox of them all). ``cancel_while_busy``: whether a click
+    reaches the kernel while a cell blocks in it (:func:`route_comm_off_main`).
     """
 
     def __init__(
@@ -289,6 +313,9 @@ class JobWidget:
         self.output = w.HTML(value="")
         self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="warning")
         self.cancel_button.on_click(self._clicked)
+        self.cancel_while_busy = route_comm_off_main(self.cancel_button)
+        if not self.cancel_while_busy:
+            self.cancel_button.tooltip = "While the cell runs, interrupt the kernel to cancel the job"
         self.summary_html = w.HTML(value="")
         self.box = w.VBox(
             [
@@ -298,6 +325,16 @@ class JobWidget:
                 self.summary_html,
             ]
         )
+        for part, css in [
+            (self.box, "ds-job-widget"),
+            (self.header, "ds-job-header"),
+            (self.bar, "ds-job-bar"),
+            (self.progress_label, "ds-job-progress"),
+            (self.cancel_button, "ds-job-cancel"),
+            (self.output, "ds-job-logs"),
+            (self.summary_html, "ds-job-summary"),
+        ]:
+            part.add_class(css)
         self._render_header()
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="ds-job-widget-ticker", daemon=True)
@@ -356,7 +393,9 @@ class JobWidget:
                 self._render_log(now)
 
     def note(self, text: str) -> None:
-        self.log(f"[ds_job] {text}\n", False)
+        with self._lock:
+            self._buffer.add_note(text)
+            self._render_log(time.monotonic())
 
     def finished(self, summary: Summary) -> None:
         with self._lock:
@@ -377,15 +416,20 @@ class JobWidget:
 
     # -- internals -----------------------------------------------------------------------------
     def _clicked(self, _button: Any) -> None:
-        self.cancel_button.disabled = True
-        self.cancel_button.description = "Cancelling…"
+        # runs in the kernel's subshell thread while a cell blocks (route_comm_off_main)
+        with self._lock:
+            if self.state in FINAL_STATUS_NAMES:
+                return
+            self.cancel_button.disabled = True
+            self.cancel_button.description = "Cancelling…"
         if self.on_cancel is not None:
             try:
                 self.on_cancel()
             except Exception as e:  # shown, never raised into the comm handler
                 self.note(f"cancel failed: {type(e).__name__}: {e}")
-                self.cancel_button.disabled = False
-                self.cancel_button.description = "Cancel"
+                with self._lock:
+                    self.cancel_button.disabled = False
+                    self.cancel_button.description = "Cancel"
 
     def _set_percent(self, value: int) -> None:
         self.percent = max(self.percent, value) if self.state not in FINAL_STATUS_NAMES else value
@@ -401,11 +445,12 @@ class JobWidget:
     def _render_header(self) -> None:
         name = html.escape(self.name or "ds_job")
         job = html.escape(self.job_id or "(submitting)")
-        state = html.escape(self.state.lower())
+        state = html.escape(self.state)
         details = f" — {html.escape(self.details)}" if self.details and self.state not in ("SUCCESS",) else ""
         self.header.value = (
-            f"<b>{name}</b> · <code>{job}</code> · <b>{state}</b>{details} · "
-            f"{format_duration(self._elapsed())}"
+            f'<b class="ds-job-name">{name}</b> · <code class="ds-job-id">{job}</code> · '
+            f'<b class="ds-job-status" data-status="{state}">{state.lower()}</b>{details} · '
+            f'<span class="ds-job-elapsed">{format_duration(self._elapsed())}</span>'
         )
 
     def _render_log(self, now: float) -> None:
@@ -429,12 +474,14 @@ class JobWidget:
 
 
 def widget_frontend() -> bool:
-    """Whether a frontend that renders widgets is attached to this kernel.
+    """Whether the frontend that runs this cell renders widgets.
 
     ``DS_JOBS_DISPLAY=widget|text`` decides when set. Otherwise: ipywidgets is importable, this is
-    an ipykernel (not terminal IPython) and a widget manager has opened the
-    ``jupyter.widget.control`` comm (JupyterLab / Notebook 7 with ipywidgets 8 do on connecting;
-    nbclient, nbconvert and papermill never do).
+    an ipykernel (not terminal IPython), and either the request running this cell carries a
+    ``cellId`` in its metadata (JupyterLab, Notebook 7 and VS Code send one with every cell, from
+    the first cell of a session; nbclient, nbconvert and papermill never do) or a widget manager
+    has opened the ``jupyter.widget.control`` comm (it does on reconnecting to a kernel that has
+    ipywidgets imported already).
     """
     forced = os.environ.get("DS_JOBS_DISPLAY", "").strip().lower()
     if forced in ("widget", "widgets"):
@@ -447,9 +494,76 @@ def widget_frontend() -> bool:
         from ipywidgets import Widget
     except ImportError:
         return False
-    if not isinstance(get_ipython(), ZMQInteractiveShell):
+    shell = get_ipython()  # type: ignore[no-untyped-call]
+    if not isinstance(shell, ZMQInteractiveShell):
         return False
-    return getattr(Widget, "_control_comm", None) is not None
+    if getattr(Widget, "_control_comm", None) is not None:
+        return True
+    get_parent = getattr(shell.kernel, "get_parent", None)
+    parent = get_parent("shell") if get_parent is not None else shell.parent_header
+    metadata = parent.get("metadata") if isinstance(parent, dict) else None
+    return isinstance(metadata, dict) and bool(metadata.get("cellId"))
+
+
+class _Side:
+    """This kernel's private subshell (one per process, made on first use)."""
+
+    lock = threading.Lock()
+    tried = False
+    subshell: str | None = None
+
+
+def _side_subshell(kernel: Any) -> str | None:
+    """The id of this kernel's private subshell, created on first use (None where subshells are
+    missing). A subshell has its own thread and event loop: what is routed to it is handled while
+    the main shell is busy in a cell."""
+    with _Side.lock:
+        if _Side.tried:
+            return _Side.subshell
+        _Side.tried = True
+        try:
+            channel = kernel.shell_channel_thread
+            create = channel.manager._create_subshell
+        except Exception:  # no subshells here (ipykernel 6, subshells off)
+            return None
+        if threading.current_thread() is channel:
+            return None
+        made: list[str] = []
+        done = threading.Event()
+
+        def make() -> None:  # subshells are made in the shell channel thread
+            try:
+                made.append(create())
+            finally:
+                done.set()
+
+        channel.io_loop.add_callback(make)
+        if done.wait(10) and made:
+            _Side.subshell = made[0]
+        return _Side.subshell
+
+
+def route_comm_off_main(widget: Any) -> bool:
+    """Have the kernel handle the frontend's messages to ``widget`` (a click...) in a private
+    subshell, so that they are handled while a cell blocks the main shell; True when done.
+
+    ipykernel 7 routes a comm's incoming messages to the subshell its ``_reply_subshell_for``
+    names (by default: the subshell that last sent on the comm). Elsewhere (ipykernel 6, terminal
+    IPython, no kernel) this returns False and the messages wait for the cell to end.
+    """
+    comm = getattr(widget, "comm", None)
+    kernel = getattr(comm, "kernel", None)
+    if comm is None or kernel is None or not callable(getattr(comm, "_reply_subshell_for", None)):
+        return False
+    subshell = _side_subshell(kernel)
+    if subshell is None:
+        return False
+
+    def reply_subshell_for(data: Any, default: str | None) -> str | None:
+        return subshell
+
+    comm._reply_subshell_for = reply_subshell_for
+    return True
 
 
 def make_view(

@@ -19,3 +19,20 @@ make_venv() {
   "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
   "$dir/bin/python" -c 'import jupyter_ds_jobs' || { echo "error: install into $dir failed" >&2; return 1; }
 }
+
+# The browser tests (tests/test_lab_*.py) drive Debian's Chromium; playwright never downloads one.
+# As root (CI) a missing /usr/bin/chromium is installed with apt; otherwise a note says what to do
+# and those tests fail, unless DS_JOBS_SKIP_BROWSER_TESTS=1 says to skip them (then nothing is
+# installed).
+ensure_chromium() {
+  local chromium=${DS_JOBS_CHROMIUM:-/usr/bin/chromium}
+  [ -x "$chromium" ] && return 0
+  [ "${DS_JOBS_SKIP_BROWSER_TESTS:-}" = 1 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing chromium for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: $chromium is missing and this is not root: the browser tests will fail;" \
+      "install chromium (apt-get install -y chromium) or set DS_JOBS_SKIP_BROWSER_TESTS=1" >&2
+  fi
+}
