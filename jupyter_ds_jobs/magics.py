@@ -154,7 +154,11 @@ class DsJobsMagics(Magics):
 
     # -- %%ds_job ------------------------------------------------------------------------------
     @magic_arguments()
-    @argument("--name", default="", help="job name (default: the first assigned variable or 'cell')")
+    @argument(
+        "--name",
+        default="",
+        help="job name (default: the notebook's name and the cell's number, e.g. 'train [3]')",
+    )
     @argument("--desc", default="", help="job description")
     @argument(
         "--instance-type",
@@ -282,7 +286,12 @@ class DsJobsMagics(Magics):
             view = make_view(name, quiet=args.quiet, on_cancel=on_cancel)
             for text in notes:
                 view.note(text)
-            job_id = client.create(cj.params, cj.files, name=name, desc=args.desc or "", config=cell)
+            defaults = self._settings().defaults
+            job_id = client.create(
+                cj.params, cj.files, name=name, desc=args.desc or "", config=cell, data_ttl=defaults.data_ttl
+            )
+            if defaults.keep_data_forever:  # Create cannot say "forever"; SetDataTtl without a ttl does
+                client.set_data_ttl(job_id, None)
         finally:
             cj.cleanup()
         job = DsJob(

@@ -493,6 +493,16 @@ def test_ds_config_values_are_typed_checked_and_used_by_the_next_job(
     job = magics.client.get(shell.user_ns["hg"].job_id)  # type: ignore[union-attr]
     assert job.job_parameters.graceful_shutdown_parameters.timeout.seconds == 30
     assert magics._settings().defaults.data_ttl == timedelta(days=14)
+    assert job.data_expires_at.ToSeconds() - job.created_at.ToSeconds() == 14 * 86400
+    shell.run_line_magic("ds_config", "defaults.data_ttl_days=infinity")
+    run(shell, "-o hk", "v = 2\n")
+    kept = magics.client.get(shell.user_ns["hk"].job_id)  # type: ignore[union-attr]
+    assert not kept.HasField("data_expires_at")  # kept forever
+    shell.run_line_magic("ds_config", "defaults.data_ttl_days=0.5")
+    run(shell, "-o hh", "v = 3\n")
+    half = magics.client.get(shell.user_ns["hh"].job_id)  # type: ignore[union-attr]
+    assert half.data_expires_at.ToSeconds() - half.created_at.ToSeconds() == 43200
+    capsys.readouterr()
 
     before = cfg.read_text()
     with pytest.raises(InvalidArgument, match=r"^defaults.graceful_timeout: expected a number of seconds"):

@@ -153,6 +153,7 @@ def test_recovery_recognises_a_forked_job_by_its_working_dir(tmp_path: Path) -> 
     work.mkdir(parents=True)
     proc = subprocess.Popen(["sleep", "30"], cwd=work, start_new_session=True)
     try:
+        _wait_exec(proc.pid, "sleep")
         assert _group_is_job(proc.pid, "dsjabc")
         assert not _group_is_job(proc.pid, "dsjother")
         assert not _group_is_job(os.getpid(), "dsjabc")
@@ -168,6 +169,7 @@ def test_recovery_recognises_a_job_by_its_environment_and_never_a_dead_process(t
     env = {**os.environ, "DS_JOB_ID": "dsjenv"}
     proc = subprocess.Popen(["sleep", "30"], cwd=tmp_path, env=env, start_new_session=True)
     try:
+        _wait_exec(proc.pid, "sleep")
         assert _group_is_job(proc.pid, "dsjenv")
         assert not _group_is_job(proc.pid, "dsjother")
         proc.kill()
@@ -202,3 +204,11 @@ def test_startup_variables_make_a_job_start_plainly(tmp_path: Path) -> None:
             check=True,
         ).stdout.strip()
         assert str(v["h"]) == expected
+
+
+def _wait_exec(pid: int, name: str, timeout: float = 10.0) -> None:
+    """Wait until ``pid`` runs ``name``: under load /proc may still show the forking parent."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/comm").read_text().strip() != name:
+        assert time.monotonic() < deadline, f"pid {pid} did not exec {name}"
+        time.sleep(0.01)
