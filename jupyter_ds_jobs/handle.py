@@ -19,9 +19,11 @@ from typing import Any
 
 from IPython.core.interactiveshell import InteractiveShell
 
-from jupyter_ds_jobs._proto import jobs_pb2
+from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, pjs_pb2
 from jupyter_ds_jobs.common.contract import status_name
 from jupyter_ds_jobs.common.errors import DsJobsError, JobFailed
+from jupyter_ds_jobs.core.client import ExecuteResult, JobsClient
+from jupyter_ds_jobs.core.logfollow import LogFollower
 from jupyter_ds_jobs.packaging import celljob
 from jupyter_ds_jobs.packaging.cellio import RemoteError
 from jupyter_ds_jobs.packaging.celljob import CellJob
@@ -63,7 +65,7 @@ class DsJob:
 
     def __init__(
         self,
-        client: Any,
+        client: JobsClient,
         job_id: str,
         *,
         shell: InteractiveShell | None,
@@ -71,7 +73,7 @@ class DsJob:
         name: str = "",
         cell: CellJob | None = None,
         output_dir: Path | None = None,
-        op: Any = None,
+        op: op_pb2.Operation | None = None,
     ) -> None:
         self.client = client
         self.job_id = job_id
@@ -93,12 +95,12 @@ class DsJob:
             False: codecs.getincrementaldecoder("utf-8")("replace"),
             True: codecs.getincrementaldecoder("utf-8")("replace"),
         }
-        self._logs: Any = None
+        self._logs: LogFollower | None = None
         self._done = threading.Event()
         self._loaded = False
         self._finish_lock = threading.Lock()
         self._wait_error: BaseException | None = None
-        self._result: Any = None
+        self._result: ExecuteResult | None = None
         self._waiter: threading.Thread | None = None
         self._cancel_requested = 0
         self._interrupted = False
@@ -107,7 +109,7 @@ class DsJob:
         return f"<DsJob {self.name + ' ' if self.name else ''}{self.job_id} {self.status.lower()}>"
 
     # -- logs ----------------------------------------------------------------------------------
-    def _on_log(self, m: Any) -> None:
+    def _on_log(self, m: pjs_pb2.LogMessage) -> None:
         source = m.WhichOneof("source")
         if source == "file_path":
             text = m.content.decode("utf-8", "replace").rstrip("\n")
@@ -142,12 +144,10 @@ class DsJob:
         return "\n".join(self._tail)
 
     # -- waiting -------------------------------------------------------------------------------
-    def _on_progress(self, *args: Any) -> None:
-        for a in args:
-            if isinstance(a, jobs_pb2.Job):
-                self._set_status(a.status, a.status_details)
-            elif isinstance(a, jobs_pb2.JobProgress):
-                self.view.progress(a.message, int(a.progress))
+    def _on_progress(self, job: jobs_pb2.Job, progress: jobs_pb2.JobProgress | None) -> None:
+        self._set_status(job.status, job.status_details)
+        if progress is not None:
+            self.view.progress(progress.message, int(progress.progress))
 
     def _set_status(self, status: int, details: str = "") -> None:
         name = status_name(status)
@@ -155,7 +155,7 @@ class DsJob:
             self.status = name
             self.view.status(name, details)
 
-    def _wait_interruptible(self, interruptible: bool) -> Any:
+    def _wait_interruptible(self, interruptible: bool) -> ExecuteResult:
         """``client.wait``; Ctrl-C cancels gracefully, a second one kills, then re-raises."""
         interrupted: KeyboardInterrupt | None = None
         while True:
@@ -269,20 +269,22 @@ class DsJob:
 
     def _download_and_load(self, load: bool) -> None:
         ours_p = celljob.is_cell_output
-        urls = self._result is not None and bool(self._result.output_files)
-        if urls:  # the URLs came with the operation
-            storage = list(self._result.output_files)
-            ours: list[Any] = [sf for sf in storage if ours_p(sf.file.desc.path)]
-            user: list[Any] = [sf for sf in storage if not ours_p(sf.file.desc.path)]
+        result = self._result
+        if result is not None and result.output_files:  # the URLs came with the operation
+            storage = list(result.output_files)
+            ours_s = [sf for sf in storage if ours_p(sf.file.desc.path)]
+            user_s = [sf for sf in storage if not ours_p(sf.file.desc.path)]
+            ours: list[jobs_pb2.StorageFile] | list[jobs_pb2.File] = ours_s
+            user: list[jobs_pb2.StorageFile] | list[jobs_pb2.File] = user_s
 
-            def fetch(items: list[Any], dest: Path, extract: bool) -> list[Path]:
+            def fetch(items: Any, dest: Path, extract: bool) -> list[Path]:
                 return list(self.client.download_storage_files(items, dest, extract=extract))
         else:  # ask the server for them
             files = list(self.client.get(self.job_id).output_files)
             ours = [f for f in files if ours_p(f.desc.path)]
             user = [f for f in files if not ours_p(f.desc.path)]
 
-            def fetch(items: list[Any], dest: Path, extract: bool) -> list[Path]:
+            def fetch(items: Any, dest: Path, extract: bool) -> list[Path]:
                 return list(self.client.download(self.job_id, items, dest, extract=extract))
 
         tmp = Path(tempfile.mkdtemp(prefix="ds-job-results-"))

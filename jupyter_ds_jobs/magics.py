@@ -6,6 +6,7 @@ Load with ``%load_ext jupyter_ds_jobs``. See ``docs/magics.md``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import html
 import os
@@ -19,6 +20,7 @@ from IPython.core import magic_arguments as _margs
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
+from jupyter_ds_jobs._proto import pjs_pb2
 from jupyter_ds_jobs.common.contract import status_name
 from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.handle import DsJob
@@ -72,8 +74,9 @@ class DsJobsMagics(Magics):
         #: The kernel's working directory when the extension loaded (see ``_notebook_dir``).
         self._start_dir = Path.cwd()
 
-    def _parse(self, magic: str, line: str) -> Any:
-        return parse_argstring(getattr(self, magic), line)
+    def _parse(self, magic: str, line: str) -> argparse.Namespace:
+        args: argparse.Namespace = parse_argstring(getattr(self, magic), line)
+        return args
 
     # -- connection ----------------------------------------------------------------------------
     def _settings(self) -> Settings:
@@ -87,7 +90,7 @@ class DsJobsMagics(Magics):
         project: str | None = None,
         *,
         note: Callable[[str], None] | None = None,
-    ) -> Any:
+    ) -> JobsClient:
         """A connected ``JobsClient`` (cached): explicit > settings/env > embedded local server.
 
         With no endpoint anywhere, the embedded local server is found or started (detached; a few
@@ -265,7 +268,7 @@ class DsJobsMagics(Magics):
             search_path=[here, *[Path(p) for p in sys.path[:1] if p]],
         )
 
-    def _submit(self, args: Any, cell: str) -> DsJob | None:
+    def _submit(self, args: argparse.Namespace, cell: str) -> DsJob | None:
         assert self.shell is not None
         if not cell.strip():
             raise InvalidArgument("the %%ds_job cell is empty")
@@ -390,7 +393,7 @@ class DsJobsMagics(Magics):
         args = self._parse("ds_job_logs", line)
         client = self.get_client(args.endpoint, args.project)
 
-        def on_message(m: Any) -> None:
+        def on_message(m: pjs_pb2.LogMessage) -> None:
             if m.WhichOneof("source") == "file_path":
                 return
             stream = sys.stderr if m.standard_stream == 2 else sys.stdout
