@@ -87,7 +87,7 @@ _READERS = frozenset(
         "load", "loadtxt", "genfromtxt", "fromfile", "load_npz", "loadmat", "imread", "load_workbook",
         "load_from_disk", "from_pretrained", "open_dataset", "open_mfdataset", "open_zarr", "parse",
         "listdir", "scandir", "walk", "exists", "isfile", "isdir", "getsize", "safe_open",
-        "load_img", "load_image", "Workbook",
+        "load_img", "load_image", "Workbook", "load_dataset",
     }
 )  # fmt: skip
 #: ``read_*`` callees that take something other than a path (SQL, a string, the clipboard).
@@ -407,6 +407,9 @@ class _Collector:
             self._add(f.writes, _argument(call, 0), line)
         elif name in _READERS or (name.startswith(("read_", "scan_")) and name not in _NOT_PATH_READERS):
             self._add(f.reads, _argument(call, 0), line)
+            for kw in call.keywords:  # load_dataset("csv", data_files=...): every path keyword
+                if kw.arg in _PATH_KEYWORDS and call.args:
+                    self._add(f.reads, kw.value, line)
             if name in _DEFINITE_READERS or (name == "load" and recv in ("np", "numpy")):
                 self._add(f.definite, _argument(call, 0), line)
 
@@ -442,12 +445,13 @@ class _Collector:
 
 def _clean(raw: str) -> str | None:
     """``raw`` as a normalized relative POSIX path, or None (absolute, ``..``, URL, odd)."""
-    if not raw or len(raw) > 4096 or "://" in raw or raw.startswith("~") or any(c in raw for c in "\n\r\t"):
+    if not raw or len(raw) > 4096 or "://" in raw or any(c in raw for c in "\n\r\t"):
         return None
     if not is_safe_relpath(raw):
         return None
     path = str(PurePosixPath(raw))
-    if not is_safe_relpath(path) or path.split("/", 1)[0].endswith(":"):  # C:/x, a drive
+    first = path.split("/", 1)[0]
+    if not is_safe_relpath(path) or first.startswith("~") or first.endswith(":"):  # ~user/x, C:/x
         return None
     return path
 
