@@ -38,9 +38,15 @@ from jupyter_ds_jobs.server.jobs import Jobs
 from jupyter_ds_jobs.server.logs import LogStore
 from jupyter_ds_jobs.server.operations import Operations
 from jupyter_ds_jobs.server.runtime import JobManager
-from jupyter_ds_jobs.server.service import AuthInterceptor, JobService, OperationService, ProjectService
+from jupyter_ds_jobs.server.service import (
+    AuthInterceptor,
+    DecodeInterceptor,
+    JobService,
+    OperationService,
+    ProjectService,
+)
 from jupyter_ds_jobs.server.store import Store
-from jupyter_ds_jobs.server.validation import DEFAULT_INSTANCE_TYPES
+from jupyter_ds_jobs.server.validation import DEFAULT_INSTANCE_TYPES, MAX_REQUEST_BYTES
 
 __all__ = ["JobServer", "ServerOptions", "ServerThread", "run_server"]
 
@@ -117,9 +123,9 @@ class JobServer:
         if interrupted:
             log.warning("marked %d interrupted job(s) as ERROR: %s", len(interrupted), ", ".join(interrupted))
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.token)],
+            interceptors=[AuthInterceptor(self.token), DecodeInterceptor()],  # the token first
             options=[
-                ("grpc.max_receive_message_length", 64 * 2**20),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", 64 * 2**20),
                 ("grpc.so_reuseport", 0),
             ],

@@ -11,19 +11,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import re
 import secrets
 import shutil
 import signal
 import time
+import zipfile
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import psutil
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.common.contract import (
@@ -38,7 +38,18 @@ from jupyter_ds_jobs.server.environments import EnvironmentCache, EnvSpec
 from jupyter_ds_jobs.server.logs import LogRecord, LogStore
 from jupyter_ds_jobs.server.runtime import ABORTED_CODE, JobManager
 from jupyter_ds_jobs.server.store import FileRef, OpKind, Store
-from jupyter_ds_jobs.server.validation import check_parameters
+from jupyter_ds_jobs.server.validation import (
+    MAX_CONFIG_BYTES,
+    MAX_DESC_BYTES,
+    MAX_ID_BYTES,
+    MAX_NAME_BYTES,
+    MAX_STRING_BYTES,
+    check_duration,
+    check_length,
+    check_parameters,
+    check_project_id,
+    shown,
+)
 
 __all__ = [
     "BLOB_GRACE_S",
@@ -54,6 +65,16 @@ S = jobs_pb2
 FILTER_RE = re.compile(r"^\s*status\s+in\s*\(([^)]*)\)\s*$", re.IGNORECASE)
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+#: A List answer stops before its jobs pass this many bytes (clients read 4 MiB by default).
+MAX_PAGE_BYTES = 3 * 2**20
+#: Files one DownloadJobFiles may ask for.
+MAX_DOWNLOAD_FILES = 1000
+#: The last instant a Timestamp can hold (9999-12-31T23:59:59.999999999Z), in nanoseconds.
+MAX_TIMESTAMP_NS = 253_402_300_799_999_999_999
+#: A page token: base64url of ``<created_at ns>:<job id>`` of the previous page's last job.
+PAGE_TOKEN_RE = re.compile(rb"([0-9]{1,19}):([0-9A-Za-z_-]{1,64})")
+#: Compression methods zipfile reads.
+ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 #: An unreferenced blob younger than this stays: outputs being collected are published a moment
 #: before their reference is stored.
 BLOB_GRACE_S = 3600.0
@@ -115,8 +136,10 @@ class Jobs:
         kind: OpKind = OpKind.CREATE,
     ) -> str:
         """Store a new CREATING job; return the id of its (done) create or clone operation."""
-        if not project_id:
-            raise InvalidArgument("project_id is empty", field="project_id")
+        check_project_id(project_id)
+        check_length(name, MAX_NAME_BYTES, "name")
+        check_length(desc, MAX_DESC_BYTES, "desc")
+        check_length(config, MAX_CONFIG_BYTES, "config")
         if not params.cloud_instance_types:
             params.cloud_instance_types.add(
                 name=DEFAULT_INSTANCE_TYPE
@@ -125,8 +148,8 @@ class Jobs:
             )
         check_parameters(params, self.instance_types)
         self.check_python(params)
-        if data_ttl is not None and data_ttl.ToNanoseconds() < 0:
-            raise InvalidArgument("data_ttl is negative", field="data_ttl")
+        if data_ttl is not None:
+            check_duration(data_ttl.seconds, data_ttl.nanos, "data_ttl")
         job = jobs_pb2.Job(
             id=new_id("dsj"),
             name=name,
@@ -140,8 +163,9 @@ class Jobs:
         )
         job.created_at.GetCurrentTime()
         ttl = data_ttl if data_ttl is not None else self.default_ttl
-        if ttl is not None:
-            job.data_expires_at.FromDatetime(job.created_at + ttl)
+        expires = _expiry(job.created_at.ToNanoseconds(), ttl)
+        if expires is not None:
+            job.data_expires_at.FromNanoseconds(expires)
         job.actual_cloud_instance_type.name = params.cloud_instance_types[0].name
         refs = [
             FileRef("input", f.desc.path, f.desc.var, f.sha256, f.size_bytes, f.compression_type)
@@ -195,6 +219,15 @@ class Jobs:
         ]
         if missing:
             raise FailedPrecondition(f"files not uploaded yet: {', '.join(missing)}")
+        for f in [
+            *(f for f in p.input_files if f.compression_type == S.ZIP),
+            *p.env.python_env.local_modules,
+        ]:
+            problem = _zip_problem(self.blobs.path(f.sha256))
+            if problem is not None:
+                raise FailedPrecondition(
+                    f"{shown(f.desc.path)} is not a ZIP archive this server can read: {problem}"
+                )
         self.check_python(p)
         op_id = self._new_operation(OpKind.EXECUTE, job.id, job.project_id, done=False)
         self.manager.submit(job.id, op_id)
@@ -202,6 +235,7 @@ class Jobs:
 
     async def cancel(self, job_id: str, graceful: bool, reason: str) -> None:
         """Hard: returns once the job is killed. Graceful: returns at once, the job is signalled."""
+        check_length(reason, MAX_STRING_BYTES, "reason")
         job = self.store.get_job(job_id)
         if job.status in FINAL_STATUSES:
             raise FailedPrecondition(f"job {job.id} is already {status_name(job.status)}")
@@ -246,6 +280,8 @@ class Jobs:
         job = self.store.get_job(job_id)
         if not wants:
             raise InvalidArgument("at least one file is required", field="files")
+        if len(wants) > MAX_DOWNLOAD_FILES:
+            raise InvalidArgument(f"{len(wants)} entries, at most {MAX_DOWNLOAD_FILES}", field="files")
         if job.data_cleared:
             raise FailedPrecondition(f"job {job.id} data has been cleared")
         known = self.store.files(job.id)
@@ -254,7 +290,7 @@ class Jobs:
             match = next((f for f in known if _matches(f, want)), None)
             if match is None or not self.blobs.exists(match.sha256):
                 name = want.desc.path or want.sha256 or f"files[{i}]"
-                raise NotFound(f"job {job.id} has no file {name!r}")
+                raise NotFound(f"job {job.id} has no file {shown(name)}")
             out.append(
                 jobs_pb2.StorageFile(file=match.to_proto(), url=self.blobs.signed_url("GET", match.sha256))
             )
@@ -263,17 +299,26 @@ class Jobs:
     def list_jobs(
         self, project_id: str, filter_text: str, page_size: int, page_token: str
     ) -> tuple[list[jobs_pb2.Job], str]:
-        """One page of the project's jobs, newest first, as Get shows them; and the next page's token."""
+        """One page of the project's jobs, newest first, as Get shows them; and the next page's token.
+
+        A page ends after ``page_size`` jobs or before its jobs pass :data:`MAX_PAGE_BYTES`."""
         size = page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidArgument(
                 f"must be between 1 and {MAX_PAGE_SIZE}, got {page_size}", field="page_size"
             )
+        check_length(project_id, MAX_ID_BYTES, "project_id")
         statuses = parse_filter(filter_text)
         after = _read_page_token(page_token) if page_token else None
-        jobs = self.store.list_jobs(project_id, statuses, size + 1, after)
-        token = _page_token(jobs[size - 1]) if len(jobs) > size else ""
-        return [public_job(j) for j in jobs[:size]], token
+        page: list[jobs_pb2.Job] = []
+        used = 0
+        for job in self.store.iter_jobs(project_id, statuses, size + 1, after):
+            shown_job = public_job(job)
+            used += shown_job.ByteSize() + 8
+            if len(page) == size or (page and used > MAX_PAGE_BYTES):
+                return page, _page_token(page[-1])
+            page.append(shown_job)
+        return page, ""
 
     # -- delete and data lifecycle ------------------------------------------------------
     def delete(self, job_id: str) -> str:
@@ -312,22 +357,22 @@ class Jobs:
     def delete_all_data(self, project_id: str) -> str:
         if not project_id:
             raise InvalidArgument("project_id is empty", field="project_id")
+        check_length(project_id, MAX_ID_BYTES, "project_id")
         for job in self.store.list_jobs(project_id, FINAL_STATUSES, 1_000_000, None):
             if not job.data_cleared:
                 self.clear_data(job)
         return self._new_operation(OpKind.DELETE_ALL_DATA, "", project_id)
 
     def set_data_ttl(self, job_id: str, ttl: Duration | None) -> None:
-        """Keep the job's data ``ttl`` from now; None: keep it forever."""
+        """Keep the job's data ``ttl`` from now; None (or past year 9999): keep it forever."""
+        if ttl is not None:
+            check_duration(ttl.seconds, ttl.nanos, "ttl")
         job = self.store.get_job(job_id)
-        if ttl is None:
+        expires = _expiry(time.time_ns(), ttl)
+        if expires is None:
             job.ClearField("data_expires_at")
         else:
-            if ttl.ToNanoseconds() < 0:
-                raise InvalidArgument("ttl is negative", field="ttl")
-            now = Timestamp()
-            now.GetCurrentTime()
-            job.data_expires_at.FromDatetime(now + ttl)
+            job.data_expires_at.FromNanoseconds(expires)
         self.store.save_job(job)
 
     def sweep(self, now: float | None = None) -> list[str]:
@@ -386,19 +431,44 @@ def _matches(f: FileRef, want: jobs_pb2.File) -> bool:
     return bool(want.desc.path) and f.path == want.desc.path and (not want.desc.var or f.var == want.desc.var)
 
 
+def _expiry(start_ns: int, ttl: Duration | None) -> int | None:
+    """When data kept ``ttl`` from ``start_ns`` expires (ns); None: never (no ttl, or past year 9999)."""
+    if ttl is None:
+        return None
+    end = start_ns + ttl.seconds * 10**9 + ttl.nanos
+    return end if end <= MAX_TIMESTAMP_NS else None
+
+
+def _zip_problem(path: Path) -> str | None:
+    """Why zipfile could not extract ``path`` (read from its central directory), or None."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.flag_bits & 0x1:
+                    return f"entry {shown(info.filename)} is encrypted"
+                if info.compress_type not in ZIP_METHODS:
+                    return f"entry {shown(info.filename)} uses compression method {info.compress_type}"
+    except Exception as e:  # zipfile raises many kinds for bytes that are not a ZIP (BadZipFile, EOFError...)
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def _page_token(last: jobs_pb2.Job) -> str:
-    raw = json.dumps([last.created_at.ToJsonString(), last.id])
+    raw = f"{last.created_at.ToNanoseconds()}:{last.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-def _read_page_token(token: str) -> tuple[Timestamp, str]:
-    try:
-        when, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after = Timestamp()
-        after.FromJsonString(when)
-        return after, str(job_id)
-    except (ValueError, TypeError, AttributeError):
-        raise InvalidArgument("malformed page token", field="page_token") from None
+def _read_page_token(token: str) -> tuple[float, str]:
+    """(created_at seconds, id) of the previous page's last job; a plain cursor, checked whole."""
+    m = None
+    if len(token) <= 200:
+        with contextlib.suppress(ValueError):  # not ASCII, not base64
+            m = PAGE_TOKEN_RE.fullmatch(base64.urlsafe_b64decode(token.encode("ascii")))
+    if m is None:
+        raise InvalidArgument(
+            "malformed page token: pass next_page_token of the previous page", field="page_token"
+        )
+    return int(m[1]) / 1e9, m[2].decode()
 
 
 def parse_filter(text: str) -> list[int] | None:

@@ -264,11 +264,15 @@ class JobManager:
                 jl.system(f"error: {e}")
                 error = (rpc_code(e.code), str(e))
                 self._finish(job_id, S.ERROR, str(e))
-            except Exception as e:  # a bug or an OS error: the job must still end
-                log.exception("job %s failed", job_id)
-                jl.system(f"internal error: {e!r}")
-                error = (INTERNAL_CODE, f"internal error: {e!r}")
-                self._finish(job_id, S.ERROR, f"internal error: {e!r}")
+            except Exception as e:  # an OS error or a bug: the job still ends, saying what happened
+                details = f"{type(e).__name__}: {e}"[:2000]
+                if isinstance(e, OSError):  # the OS refused (a path, a limit, the disk): nothing to trace
+                    log.warning("job %s failed: %s", job_id, details)
+                else:
+                    log.exception("job %s failed", job_id)
+                jl.system(f"error: {details}")
+                error = (INTERNAL_CODE, details)
+                self._finish(job_id, S.ERROR, details)
         finally:
             if run.job_id in self._queue:
                 self._queue.remove(run.job_id)

@@ -3,7 +3,10 @@
 Thin: each RPC turns its request into a call of :class:`~jupyter_ds_jobs.server.jobs.Jobs` and
 renders the answer (operations through :class:`~jupyter_ds_jobs.server.operations.Operations`).
 Exceptions of :mod:`jupyter_ds_jobs.common.errors` become gRPC status codes in one place,
-:func:`map_errors`; handlers just raise.
+:func:`map_errors`; handlers just raise. Anything else is a bug: INTERNAL with its class and
+message (and the traceback in the server log), never grpc's UNKNOWN. A request body that does not
+parse (invalid UTF-8 in a string, broken wire format) is INVALID_ARGUMENT before any handler runs
+(:class:`DecodeInterceptor`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import functools
 import hmac
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar, cast
 
@@ -34,12 +38,30 @@ from jupyter_ds_jobs.server.jobs import Jobs, public_job
 from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_FILE, SOURCE_OUT
 from jupyter_ds_jobs.server.operations import Operations
 from jupyter_ds_jobs.server.store import Store, set_seconds
+from jupyter_ds_jobs.server.validation import MAX_ID_BYTES, check_length
 
-__all__ = ["AuthInterceptor", "JobService", "OperationService", "ProjectService", "map_errors"]
+__all__ = [
+    "AuthInterceptor",
+    "DecodeInterceptor",
+    "JobService",
+    "OperationService",
+    "ProjectService",
+    "map_errors",
+]
+
+log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=type)
 Unary = Callable[[object, Message, grpc.aio.ServicerContext], Awaitable[Message]]
 Streaming = Callable[[object, Message, grpc.aio.ServicerContext], AsyncIterator[Message]]
+
+
+async def _abort_for(e: Exception, method: str, context: grpc.aio.ServicerContext) -> None:
+    """Abort the RPC with the status of ``e``: its own for a DsJobsError, INTERNAL for a bug."""
+    if isinstance(e, DsJobsError):
+        await context.abort(e.code, str(e))
+    log.error("%s failed", method, exc_info=e)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"[:1000])
 
 
 def map_errors(cls: C) -> C:
@@ -53,8 +75,10 @@ def map_errors(cls: C) -> C:
             try:
                 async for item in fn(self, request, context):
                     yield item
-            except DsJobsError as e:
-                await context.abort(e.code, str(e))
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:
+                await _abort_for(e, fn.__qualname__, context)
 
         return stream
 
@@ -63,8 +87,10 @@ def map_errors(cls: C) -> C:
         async def unary(self: object, request: Message, context: grpc.aio.ServicerContext) -> Message:
             try:
                 return await fn(self, request, context)
-            except DsJobsError as e:
-                await context.abort(e.code, str(e))
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:
+                await _abort_for(e, fn.__qualname__, context)
                 raise  # not reached: abort raises
 
         return unary
@@ -113,6 +139,63 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return grpc.unary_unary_rpc_method_handler(
             deny_unary, handler.request_deserializer, handler.response_serializer
         )
+
+
+class _Undecodable:
+    """What a request body that does not parse becomes; the handler answers INVALID_ARGUMENT."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(deserialize: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    def parse(data: bytes) -> object:
+        try:
+            return deserialize(data)
+        except Exception as e:  # DecodeError, or whatever the parser raises on hostile bytes
+            first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+            return _Undecodable(f"cannot decode the request: {first}")
+
+    return parse
+
+
+class DecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A body that does not parse is INVALID_ARGUMENT with a one-line message (grpc-aio answers
+    UNKNOWN and logs a traceback): the handler's deserializer turns a parse error into a marker
+    that the handler, wrapped here, answers before it runs."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        parse = _tolerant(handler.request_deserializer)
+        if handler.unary_unary is not None:
+            behaviour = handler.unary_unary
+
+            async def unary(request: object, context: grpc.aio.ServicerContext) -> object:
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                result = behaviour(request, context)
+                return await result if inspect.isawaitable(result) else result
+
+            return grpc.unary_unary_rpc_method_handler(unary, parse, handler.response_serializer)
+        if handler.unary_stream is not None:
+            stream_behaviour = handler.unary_stream
+
+            async def stream(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                async for item in stream_behaviour(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(stream, parse, handler.response_serializer)
+        return handler
 
 
 @map_errors
@@ -267,6 +350,7 @@ class ProjectService(ps_grpc.ProjectServiceServicer):  # type: ignore[misc]
     ) -> project_pb2.Project:
         if not request.project_id:
             raise InvalidArgument("project_id is empty", field="project_id")
+        check_length(request.project_id, MAX_ID_BYTES, "project_id")
         project = project_pb2.Project(
             id=request.project_id, name=request.project_id, created_by_id="local", community_id="local"
         )

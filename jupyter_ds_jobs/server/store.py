@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.common.errors import NotFound
+from jupyter_ds_jobs.server.validation import shown
 
 __all__ = ["FileRef", "OpKind", "OperationRow", "Store", "seconds", "set_seconds"]
 
@@ -166,7 +167,7 @@ class Store:
     def get_job(self, job_id: str) -> jobs_pb2.Job:
         row = self._db.execute("SELECT job FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise NotFound(f"job {job_id!r} not found")
+            raise NotFound(f"job {shown(job_id)} not found")
         return jobs_pb2.Job.FromString(row[0])
 
     def delete_job(self, job_id: str) -> None:
@@ -180,9 +181,19 @@ class Store:
         project_id: str,
         statuses: Iterable[int] | None,
         limit: int,
-        after: tuple[Timestamp, str] | None,
+        after: tuple[float, str] | None,
     ) -> list[jobs_pb2.Job]:
-        """Newest first; ``after``: (created_at, id) of the last job of the previous page."""
+        """Newest first; ``after``: (created_at seconds, id) of the last job of the previous page."""
+        return list(self.iter_jobs(project_id, statuses, limit, after))
+
+    def iter_jobs(
+        self,
+        project_id: str,
+        statuses: Iterable[int] | None,
+        limit: int,
+        after: tuple[float, str] | None,
+    ) -> Iterator[jobs_pb2.Job]:
+        """:meth:`list_jobs`, one job at a time (a page stops reading when it is full)."""
         sql = "SELECT job FROM jobs WHERE 1 = 1"
         args: list[object] = []
         if project_id:
@@ -194,11 +205,15 @@ class Store:
             args.extend(st)
         if after is not None:
             sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
-            t = seconds(after[0])
-            args.extend([t, t, after[1]])
+            args.extend([after[0], after[0], after[1]])
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         args.append(limit)
-        return [jobs_pb2.Job.FromString(r[0]) for r in self._db.execute(sql, args)]
+        cur = self._db.execute(sql, args)
+        try:
+            for r in cur:
+                yield jobs_pb2.Job.FromString(r[0])
+        finally:
+            cur.close()  # a page that stops early ends the statement now, not at garbage collection
 
     def jobs_with_status(self, statuses: Iterable[int]) -> list[jobs_pb2.Job]:
         st = list(statuses)
@@ -302,7 +317,7 @@ class Store:
             (op_id,),
         ).fetchone()
         if row is None:
-            raise NotFound(f"operation {op_id!r} not found")
+            raise NotFound(f"operation {shown(op_id)} not found")
         return OperationRow(
             row[0],
             OpKind(row[1]),
