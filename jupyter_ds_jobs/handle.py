@@ -1,6 +1,7 @@
 """The handle of a job started by ``%%ds_job`` or reattached by ``%ds_job_attach``: it follows the
 job's logs and progress into a view, waits (Ctrl-C or the view's Cancel button cancels), and loads
-the results into the kernel. :func:`default_job_name` names a cell's job."""
+the results into the kernel. :func:`default_job_name` names a cell's job, :func:`cell_origin` says
+where it came from (the line :mod:`~jupyter_ds_jobs.common.origin` appends to its ``desc``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, pjs_pb2
 from jupyter_ds_jobs.common.contract import status_name
 from jupyter_ds_jobs.common.errors import DsJobsError, JobFailed
+from jupyter_ds_jobs.common.origin import Origin
 from jupyter_ds_jobs.core.client import ExecuteResult, JobsClient
 from jupyter_ds_jobs.core.logfollow import LogFollower
 from jupyter_ds_jobs.packaging import celljob
@@ -30,7 +32,7 @@ from jupyter_ds_jobs.packaging.celljob import CellJob
 from jupyter_ds_jobs.packaging.runner import ERROR_FILE, OUTPUTS_DIR, OUTPUTS_MANIFEST, OUTPUTS_ZIP
 from jupyter_ds_jobs.widgets import JobView, Summary, TextView
 
-__all__ = ["DsJob", "default_job_name"]
+__all__ = ["DsJob", "cell_origin", "default_job_name", "notebook_path"]
 
 _TAIL_LINES = 20
 _SYSTEM_SHOWN = re.compile(r"environment|error|cancel|SIGKILL|signal|waiting for a free slot", re.I)
@@ -44,15 +46,43 @@ def default_job_name(shell: InteractiveShell | None) -> str:
     in ``JPY_SESSION_NAME`` (ipykernel copies it to ``__session__``); the number is the cell's
     execution count while IPython runs it.
     """
+    path = notebook_path(shell)
+    number = _execution_count(shell)
+    return (Path(path).stem if path else "cell") + (f" [{number}]" if number is not None else "")
+
+
+def notebook_path(shell: InteractiveShell | None) -> str:
+    """The notebook the kernel runs, as it knows it: VS Code's ``__vsc_ipynb_file__``, else the
+    Jupyter server session's ``JPY_SESSION_NAME`` (also in ``__session__``); ``""`` when unknown."""
     ns = shell.user_ns if shell is not None else {}
-    stem = ""
     for path in (ns.get("__vsc_ipynb_file__"), ns.get("__session__"), os.environ.get("JPY_SESSION_NAME")):
         if isinstance(path, str) and path.endswith(".ipynb"):
-            stem = Path(path).stem
-            break
+            return path
+    return ""
+
+
+def _execution_count(shell: InteractiveShell | None) -> int | None:
     running = getattr(getattr(shell, "displayhook", None), "exec_result", None)
     number = getattr(running, "execution_count", None)
-    return (stem or "cell") + (f" [{number}]" if isinstance(number, int) else "")
+    return number if isinstance(number, int) else None
+
+
+def cell_origin(shell: InteractiveShell | None, notebook_dir: Path | None = None) -> Origin:
+    """Where the running cell is: the notebook (absolute when ``notebook_dir`` holds a notebook
+    known by a relative path), its execution count and the cell id the frontend sent."""
+    path = notebook_path(shell)
+    if path and notebook_dir is not None and not Path(path).is_absolute():
+        beside = Path(notebook_dir) / Path(path).name
+        path = str(beside) if beside.is_file() else path
+    cell_id = ""
+    kernel = getattr(shell, "kernel", None)
+    get_parent = getattr(kernel, "get_parent", None)
+    with contextlib.suppress(Exception):  # any kernel (or none): the id is a nicety
+        parent = get_parent("shell") if get_parent is not None else getattr(shell, "parent_header", None)
+        metadata = parent.get("metadata") if isinstance(parent, dict) else None
+        found = metadata.get("cellId") if isinstance(metadata, dict) else None
+        cell_id = found if isinstance(found, str) else ""
+    return Origin(notebook=path, count=_execution_count(shell), cell_id=cell_id)
 
 
 class DsJob:
@@ -86,6 +116,8 @@ class DsJob:
         self.return_code: int | None = None
         self.values: dict[str, object] = {}
         self.files: list[Path] = []
+        #: Output files over the cap, left with the job: ``{path: why}``.
+        self.files_left: dict[str, str] = {}
         self.unpicklable: dict[str, str] = {}
         self.error: BaseException | None = None
         self._op = op
@@ -115,6 +147,10 @@ class DsJob:
             text = m.content.decode("utf-8", "replace").rstrip("\n")
             if "_ds_" in text:  # the runner's own files (e.g. no _ds_error.json: no error)
                 return
+            if self.cell is not None and any(
+                f"{p!r} was not created" in text for p in self.cell.written_files
+            ):
+                return  # a write the analysis found on a path the cell did not take
             if text and (_SYSTEM_SHOWN.search(text) or not isinstance(self.view, TextView)):
                 self.view.note(text)
             return
@@ -247,6 +283,7 @@ class DsJob:
 
     def _collect(self, load: bool) -> None:
         message = ""
+        error = f"error: {self._wait_error}" if self._wait_error else ""
         try:
             if self._wait_error is None:
                 self._download_and_load(load)
@@ -262,7 +299,7 @@ class DsJob:
                     variables=list(self.values),
                     files=[str(p) for p in self.files],
                     unpicklable=self.unpicklable,
-                    message=message or (f"error: {self._wait_error}" if self._wait_error else ""),
+                    message="\n".join(filter(None, [*self.files_left.values(), message or error])),
                 )
             )
             self.view.close()
@@ -295,6 +332,7 @@ class DsJob:
             res = celljob.load_cell_results(outputs or by_name.get(OUTPUTS_ZIP), by_name.get(ERROR_FILE))
             self.unpicklable = res.unpicklable
             self.error = res.error
+            user = self._within_cap(user)
             if user:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 self.files = fetch(user, self.output_dir, True)
@@ -308,6 +346,28 @@ class DsJob:
             shutil.rmtree(tmp, ignore_errors=True)
         for name, why in self.unpicklable.items():
             print(f"ds_job: variable {name!r} did not come back: {why}", file=sys.stderr)
+        for why in self.files_left.values():
+            print(f"ds_job: {why}", file=sys.stderr)
+
+    def _within_cap(self, files: Any) -> Any:
+        """``files`` (``File`` or ``StorageFile``) but those over the cap that were not named with
+        ``--output-file``; those go to ``files_left``."""
+        cap = (
+            self.cell.max_output_file_bytes
+            if self.cell is not None
+            else celljob.DEFAULT_MAX_OUTPUT_FILE_BYTES
+        )
+        named = set(self.cell.output_files) if self.cell is not None else set()
+        kept = []
+        for item in files:
+            f = item.file if isinstance(item, jobs_pb2.StorageFile) else item
+            if cap is not None and f.size_bytes > cap and f.desc.path not in named:
+                self.files_left[f.desc.path] = celljob.over_cap_message(
+                    f.desc.path, f.size_bytes, cap, self.job_id
+                )
+            else:
+                kept.append(item)
+        return kept
 
     def _raise_if_failed(self) -> None:
         if self.error is not None and self.status != "CANCELLED":

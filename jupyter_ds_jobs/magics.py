@@ -195,6 +195,23 @@ class DsJobsMagics(Magics):
         help="a file the job writes (relative path), brought back beside the notebook",
     )
     @argument(
+        "--no-input-files",
+        action="store_true",
+        help="do not send the files the cell reads by literal relative path (sent by default)",
+    )
+    @argument(
+        "--no-output-files",
+        action="store_true",
+        help="do not bring back the files the cell writes by literal relative path (brought back by default)",
+    )
+    @argument(
+        "--max-output-file-mib",
+        type=float,
+        default=None,
+        metavar="N",
+        help="files the job writes come back up to N MiB each (default 100); larger ones stay with the job",
+    )
+    @argument(
         "--requirements",
         default=None,
         metavar="auto|none|FILE",
@@ -251,6 +268,11 @@ class DsJobsMagics(Magics):
         if requirements not in ("auto", "none"):
             requirements = str(here / Path(requirements).expanduser())
         files = [celljob.parse_file_spec(f) for f in args.file]
+        cap = celljob.DEFAULT_MAX_OUTPUT_FILE_BYTES
+        if args.max_output_file_mib is not None:
+            if not args.max_output_file_mib >= 0:
+                raise InvalidArgument("must be a number of MiB >= 0", field="--max-output-file-mib")
+            cap = int(args.max_output_file_mib * 2**20)
         return CellJobOptions(
             inputs=_csv(args.inputs),
             outputs=_csv(args.outputs),
@@ -266,6 +288,10 @@ class DsJobsMagics(Magics):
             if args.graceful_timeout is not None
             else d.graceful_timeout,
             search_path=[here, *[Path(p) for p in sys.path[:1] if p]],
+            base_dir=here,
+            read_files=not args.no_input_files,
+            written_files=not args.no_output_files,
+            max_output_file_bytes=cap,
         )
 
     def _submit(self, args: argparse.Namespace, cell: str) -> DsJob | None:
@@ -277,7 +303,8 @@ class DsJobsMagics(Magics):
         try:
             notes: list[str] = []
             client = self.get_client(args.endpoint, args.project, note=notes.append)
-            from jupyter_ds_jobs.handle import default_job_name
+            from jupyter_ds_jobs.common.origin import with_origin
+            from jupyter_ds_jobs.handle import cell_origin, default_job_name
 
             name = args.name or default_job_name(self.shell)
             holder: list[DsJob] = []
@@ -290,8 +317,9 @@ class DsJobsMagics(Magics):
             for text in notes:
                 view.note(text)
             defaults = self._settings().defaults
+            desc = with_origin(args.desc or "", cell_origin(self.shell, self._notebook_dir()))
             job_id = client.create(
-                cj.params, cj.files, name=name, desc=args.desc or "", config=cell, data_ttl=defaults.data_ttl
+                cj.params, cj.files, name=name, desc=desc, config=cell, data_ttl=defaults.data_ttl
             )
             if defaults.keep_data_forever:  # Create cannot say "forever"; SetDataTtl without a ttl does
                 client.set_data_ttl(job_id, None)

@@ -563,3 +563,159 @@ def test_local_paths_are_beside_the_notebook_after_cd(
         shell.run_line_magic("cd", str(other))
         assert magics._notebook_dir() == other
         assert magics._options(magics._parse("ds_job", "--file data.csv")).files == [(other / "data.csv", "")]
+
+
+# --------------------------------------------------------------------------- files by literal path
+
+
+@pytest.fixture
+def notebook_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shell: InteractiveShell) -> Path:
+    """A notebook's directory as JupyterLab's kernel knows it (``JPY_SESSION_NAME``); the kernel's
+    working directory elsewhere, so only the notebook's directory can hold what comes back."""
+    nb_dir, other = tmp_path / "proj", tmp_path / "elsewhere"
+    (nb_dir / "images").mkdir(parents=True)
+    other.mkdir()
+    (nb_dir / "train.ipynb").write_text("{}")
+    (nb_dir / "data.csv").write_text("1,2,3")
+    (nb_dir / "images" / "a.png").write_bytes(b"\x89PNG")
+    monkeypatch.setenv("JPY_SESSION_NAME", str(nb_dir / "train.ipynb"))
+    monkeypatch.chdir(other)
+    shell.run_line_magic("cd", str(other))
+    return nb_dir
+
+
+FILES_CELL = (
+    "import os\n"
+    "rows = open('data.csv').read().split(',')\n"
+    "pictures = sorted(os.listdir('images'))\n"
+    "os.makedirs('results', exist_ok=True)\n"
+    "with open('results/summary.txt', 'w') as f:\n"
+    "    f.write(str(len(rows)))\n"
+    "open(OUT, 'w').write('|'.join(rows))\n"
+    "if rows == ['never']:\n"
+    "    open('not_taken.txt', 'w')\n"
+)
+
+
+def test_a_cell_reads_and_writes_files_by_literal_path_as_if_local(
+    shell: InteractiveShell, magics: DsJobsMagics, notebook_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DS_JOBS_DISPLAY", "widget")  # the view that shows the server's notes
+    shell.user_ns["OUT"] = "joined.txt"  # a variable holding a literal path counts too
+    run(shell, "-o h", FILES_CELL)
+    assert shell.user_ns["rows"] == ["1", "2", "3"] and shell.user_ns["pictures"] == ["a.png"]
+    assert (notebook_dir / "results" / "summary.txt").read_text() == "3"
+    assert (notebook_dir / "joined.txt").read_text() == "1|2|3"
+    assert not (notebook_dir / "not_taken.txt").exists() and not (Path.cwd() / "joined.txt").exists()
+    view = shell.user_ns["h"].view
+    assert "files downloaded: " in view.summary_html.value and "joined.txt" in view.summary_html.value
+    assert "process exited with code 0" in view.output.value
+    assert "not_taken.txt" not in view.output.value  # a write on a path not taken is not news
+    cj = build_cell_job(FILES_CELL, {"OUT": "joined.txt"}, CellJobOptions(base_dir=notebook_dir))
+    try:
+        assert cj.read_files == ["data.csv", "images"] and cj.written_files == [
+            "results",
+            "joined.txt",
+            "not_taken.txt",
+        ]
+        assert {f.desc_path: f.zip for f in cj.files if f.desc_path in ("data.csv", "images")} == {
+            "data.csv": False,
+            "images": True,
+        }
+    finally:
+        cj.cleanup()
+
+
+def test_no_input_files_and_no_output_files(
+    shell: InteractiveShell, magics: DsJobsMagics, notebook_dir: Path
+) -> None:
+    with pytest.raises(FileNotFoundError, match=r"data\.csv"):  # the job really has no data.csv then
+        run(shell, "--no-input-files", "text = open('data.csv').read()\n")
+    run(shell, "--no-output-files", "open('out.txt', 'w').write('x')\nok = 1\n")
+    assert shell.user_ns["ok"] == 1 and not (notebook_dir / "out.txt").exists()
+    # --file and --output-file still work, and win over what the analysis finds at the same path
+    run(
+        shell,
+        "--no-input-files --file data.csv --output-file out.txt",
+        "open('out.txt', 'w').write(open('data.csv').read())\n",
+    )
+    assert (notebook_dir / "out.txt").read_text() == "1,2,3"
+
+
+def test_files_over_the_cap_stay_with_the_job_with_a_clear_message(
+    shell: InteractiveShell,
+    magics: DsJobsMagics,
+    notebook_dir: Path,
+    client: JobsClient,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cell = "open('big.bin', 'wb').write(b'x' * (3 * 2**20 // 2))\nopen('small.txt', 'w').write('s')\n"
+    job = run(shell, "--max-output-file-mib 1 --async", cell)
+    job.result()
+    assert not (notebook_dir / "big.bin").exists() and (notebook_dir / "small.txt").read_text() == "s"
+    why = job.files_left["big.bin"]
+    assert why == (
+        f"'big.bin' (1.5 MiB) was not brought back: over the 1.0 MiB cap on files coming back; it stays "
+        f"with the job (jupyter ds-jobs download {job.job_id}), or run the cell again with "
+        "--output-file big.bin or --max-output-file-mib 2"
+    )
+    out = capsys.readouterr()
+    assert f"ds_job: {why}" in out.err and why in out.out  # on stderr and in the summary
+    assert [f.desc.path for f in client.get(job.job_id).output_files if f.desc.path == "big.bin"] == [
+        "big.bin"
+    ]
+    run(shell, "--max-output-file-mib 1 --output-file big.bin", cell)  # named: it comes back
+    assert (notebook_dir / "big.bin").stat().st_size == 3 * 2**20 // 2
+    with pytest.raises(InvalidArgument, match="--max-output-file-mib"):
+        run(shell, "--max-output-file-mib -1", "x = 1\n")
+
+
+def test_help_lists_the_file_options(magics: DsJobsMagics) -> None:
+    doc = DsJobsMagics.ds_job.__doc__ or ""
+    for opt in ("--no-input-files", "--no-output-files", "--max-output-file-mib"):
+        assert opt in doc, opt
+
+
+# --------------------------------------------------------------------------- where a job came from
+
+
+def test_the_job_desc_says_which_notebook_and_cell(
+    shell: InteractiveShell, magics: DsJobsMagics, notebook_dir: Path, client: JobsClient
+) -> None:
+    from jupyter_ds_jobs.common.origin import Origin, parse_origin
+
+    shell.run_cell("%%ds_job -o h1 --async\nx = 1\n", store_history=True)
+    desc = client.get(shell.user_ns["h1"].job_id).desc
+    count = shell.execution_count - 1
+    assert desc == f"from notebook {notebook_dir / 'train.ipynb'}, cell [{count}]"
+    assert parse_origin(desc) == Origin(str(notebook_dir / "train.ipynb"), count)
+    shell.user_ns["h1"].result()
+
+    run(shell, "-o h2 --async --desc nightly", "y = 2\n")
+    desc = client.get(shell.user_ns["h2"].job_id).desc
+    assert desc.split("\n") == ["nightly", f"from notebook {notebook_dir / 'train.ipynb'}"]
+    shell.user_ns["h2"].result()
+
+
+def test_origin_lines_round_trip() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from jupyter_ds_jobs.common.origin import Origin, parse_origin, with_origin
+
+    assert Origin().line() == "" and with_origin("text", Origin()) == "text"
+    assert Origin("a/train.ipynb", 3).line() == "from notebook a/train.ipynb, cell [3]"
+    assert Origin("", 3, "6b1f").line() == "from cell [3], id 6b1f"
+    assert parse_origin("from the lab") is None and parse_origin("") is None
+
+    @given(
+        st.text(min_size=1).filter(lambda p: "\n" not in p and "\r" not in p and not p.endswith("]")),
+        st.none() | st.integers(min_value=0),
+        st.text().map(lambda s: " ".join(s.split()).replace(", ", ",")),
+        st.text(),
+    )
+    def round_trip(notebook: str, count: int | None, cell_id: str, desc: str) -> None:
+        origin = Origin(notebook, count, cell_id)
+        assert parse_origin(with_origin(desc, origin)) == origin
+
+    round_trip()

@@ -11,13 +11,17 @@ everything that can refuse a cell *before* anything is submitted:
 3. outputs: the names the cell assigns (or ``outputs``; none with ``no_outputs``);
 4. local modules the cell imports (transitively) as ZIPs, and pinned ``name==version``
    requirements of the installed distributions used by the cell, those modules and the objects
-   sent (``requirements="auto"``, the same analysis as the CLI's ``python: auto``).
+   sent (``requirements="auto"``, the same analysis as the CLI's ``python: auto``);
+5. files (:func:`~jupyter_ds_jobs.packaging.files.find_file_refs`, shared with notebooks): what
+   the cell reads by literal relative path that exists in ``base_dir`` goes in at the same
+   relative path; what it writes is declared as an output file, to come back beside the notebook
+   (files over ``max_output_file_bytes`` stay with the job; the handle says so).
 
 The job's working directory holds the runner's job dir (see :mod:`.runner`)::
 
     _ds_cell.py  _ds_runner.py  _ds_manifest.json  _ds_inputs/<name>.pkl  <extra input files>
 
-and the job runs ``python _ds_runner.py``. Each input pickle is its own job input file, so the
+and the files the cell reads at their relative paths; the job runs ``python _ds_runner.py``. Each input pickle is its own job input file, so the
 server's content addressing dedupes an unchanged one: it is hashed again, never uploaded again.
 """
 
@@ -34,13 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from jupyter_ds_jobs._proto import jobs_pb2
-from jupyter_ds_jobs.common.contract import ENV_NAME_RE
+from jupyter_ds_jobs.common.contract import ENV_NAME_RE, MAX_FILE_BYTES
 from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.common.requirements import read_requirements_file
 from jupyter_ds_jobs.core.transfer import LocalFile
 from jupyter_ds_jobs.packaging import cellio
 from jupyter_ds_jobs.packaging.analysis import analyze_source, requirements_for_modules
 from jupyter_ds_jobs.packaging.cell import CellAnalysis, analyze_cell
+from jupyter_ds_jobs.packaging.files import find_file_refs
 from jupyter_ds_jobs.packaging.jobspec_python import local_module_files
 from jupyter_ds_jobs.packaging.runner import (
     CELL_FILE,
@@ -55,6 +60,7 @@ from jupyter_ds_jobs.packaging.runner import (
 
 __all__ = [
     "CELL_FILENAME",
+    "DEFAULT_MAX_OUTPUT_FILE_BYTES",
     "RESERVED_PREFIX",
     "CellJob",
     "CellJobOptions",
@@ -66,6 +72,7 @@ __all__ = [
     "load_cell_results",
     "object_modules",
     "output_path",
+    "over_cap_message",
     "parse_env",
     "parse_file_spec",
 ]
@@ -75,6 +82,8 @@ CELL_FILENAME = "<ds_job cell>"
 _RUNNER_CMD = f"python {RUNNER_FILE}"
 #: The runner's own files in the job dir start so: no --file or --output-file may.
 RESERVED_PREFIX = "_ds_"
+#: Files the job writes come back up to this size each (a directory: its ZIP), unless named.
+DEFAULT_MAX_OUTPUT_FILE_BYTES = 100 * 2**20
 
 
 class IPythonSyntaxError(InvalidArgument):
@@ -118,6 +127,14 @@ class CellJobOptions:
     search_path: Sequence[Path] = ()
     """Where local modules are looked for (the notebook's directory...); default: the cwd."""
     max_input_bytes: int | None = cellio.DEFAULT_MAX_INPUT_BYTES
+    base_dir: Path | None = None
+    """Where the cell's relative paths are (the notebook's directory); default: the cwd."""
+    read_files: bool = True
+    """Send the files the cell reads by literal relative path (``--no-input-files``: off)."""
+    written_files: bool = True
+    """Bring back the files the cell writes by literal relative path (``--no-output-files``: off)."""
+    max_output_file_bytes: int | None = DEFAULT_MAX_OUTPUT_FILE_BYTES
+    """Output files larger than this (each) stay with the job unless named with ``--output-file``."""
 
 
 @dataclass
@@ -140,8 +157,14 @@ class CellJob:
     """Imported modules neither local, standard nor installed here (the job may fail on them)."""
     input_sizes: dict[str, int]
     output_files: list[str]
+    """The output files named (``--output-file``)."""
     staging: Path
     analysis: CellAnalysis
+    read_files: list[str] = field(default_factory=list)
+    """Files the cell reads (found by the analysis), sent at their relative paths."""
+    written_files: list[str] = field(default_factory=list)
+    """Files the cell writes (found by the analysis), declared as output files."""
+    max_output_file_bytes: int | None = DEFAULT_MAX_OUTPUT_FILE_BYTES
 
     def cleanup(self) -> None:
         """Remove the staging directory (the pickles); call once the job is created."""
@@ -326,6 +349,9 @@ def build_cell_job(
                 field="--output-file",
             )
         output_files.append(str(p))
+    read_files, read_paths, written = _found_files(
+        source, namespace, opts, analysis, used_paths, output_files
+    )
 
     staging = Path(tempfile.mkdtemp(prefix="ds-cell-", dir=staging_root))
     try:
@@ -333,11 +359,52 @@ def build_cell_job(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    job.files.extend(extra_files)
+    job.files.extend(extra_files + read_files)
     job.output_files = output_files
-    for path in output_files:
+    job.read_files, job.written_files = read_paths, written
+    job.max_output_file_bytes = opts.max_output_file_bytes
+    for path in output_files + written:
         job.params.output_files.add(path=path)
     return job
+
+
+def _found_files(
+    source: str,
+    namespace: Mapping[str, object],
+    opts: CellJobOptions,
+    analysis: CellAnalysis,
+    named_inputs: set[str],
+    named_outputs: Sequence[str],
+) -> tuple[list[LocalFile], list[str], list[str]]:
+    """The files the cell reads (as job inputs at their relative paths) and writes (output
+    paths), besides the ``--file`` / ``--output-file`` ones; refuses a read over the file limit."""
+    if not (opts.read_files or opts.written_files):
+        return [], [], []
+    base = Path(opts.base_dir) if opts.base_dir is not None else Path.cwd()
+    values = {n: namespace[n] for n in analysis.reads if n in namespace}
+    refs = find_file_refs(source, base, filename=CELL_FILENAME, values=values)
+
+    def taken(path: str, named: Iterable[str]) -> bool:
+        return path.startswith(RESERVED_PREFIX) or any(path == n or path.startswith(n + "/") for n in named)
+
+    files: list[LocalFile] = []
+    reads: list[str] = []
+    for path in refs.reads if opts.read_files else []:
+        if taken(path, named_inputs):
+            continue
+        local = base / path
+        size = local.stat().st_size if local.is_file() else 0
+        if size > MAX_FILE_BYTES:
+            raise InvalidArgument(
+                f"the cell reads {path!r} ({cellio._human(size)}), over the job's "
+                f"{cellio._human(MAX_FILE_BYTES)} file limit; add --no-input-files and read it "
+                "another way (e.g. from the project disk)",
+                field=f"line {refs.lines.get(path, 0) + 1}",
+            )
+        files.append(LocalFile(local_path=local.absolute(), desc_path=path, var="", zip=local.is_dir()))
+        reads.append(path)
+    writes = [p for p in refs.writes if not taken(p, named_outputs)] if opts.written_files else []
+    return files, reads, writes
 
 
 def _stage(
@@ -471,6 +538,15 @@ class CellResults:
     """Returned names that could not be pickled in the job / unpickled here, with the reason."""
     error: BaseException | None = None
     """The exception the cell raised in the job (rebuilt, ``__cause__`` the remote traceback)."""
+
+
+def over_cap_message(path: str, size: int, cap: int, job_id: str) -> str:
+    """Why output file ``path`` of ``size`` bytes did not come back (over ``cap``), and what to do."""
+    return (
+        f"{path!r} ({cellio._human(size)}) was not brought back: over the {cellio._human(cap)} cap "
+        f"on files coming back; it stays with the job (jupyter ds-jobs download {job_id}), or run "
+        f"the cell again with --output-file {path} or --max-output-file-mib {-(-size // 2**20)}"
+    )
 
 
 def output_path(name: str) -> str:
