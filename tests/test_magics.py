@@ -719,3 +719,59 @@ def test_origin_lines_round_trip() -> None:
         assert parse_origin(with_origin(desc, origin)) == origin
 
     round_trip()
+
+
+def test_a_cell_in_a_real_kernel_records_the_cell_id_its_frontend_sent(
+    server: Any, client: JobsClient, tmp_path: Path
+) -> None:
+    """A real ipykernel, sent an execute_request with the ``cellId`` JupyterLab puts in its metadata."""
+    from jupyter_client.manager import start_new_kernel
+
+    from jupyter_ds_jobs.common.origin import Origin, parse_origin
+
+    nb_dir = tmp_path / "lab"
+    nb_dir.mkdir()
+    (nb_dir / "train.ipynb").write_text("{}")
+    env = {
+        **os.environ,
+        "DS_JOBS_ENDPOINT": server.info.endpoint,
+        "DS_JOBS_TOKEN": server.info.token,
+        "DS_JOBS_CONFIG": str(tmp_path / "ds_jobs.json"),
+        "DS_JOBS_DISPLAY": "text",
+        "JPY_SESSION_NAME": str(nb_dir / "train.ipynb"),
+    }
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(nb_dir), startup_timeout=60)
+
+    def execute(code: str, metadata: dict[str, Any]) -> str:
+        msg = kc.session.msg("execute_request", {"code": code, "silent": False, "store_history": True,
+                                                 "user_expressions": {}, "allow_stdin": False,
+                                                 "stop_on_error": True}, metadata=metadata)  # fmt: skip
+        kc.shell_channel.send(msg)
+        out: list[str] = []
+        while True:
+            m = kc.get_iopub_msg(timeout=60)
+            if m["parent_header"].get("msg_id") != msg["header"]["msg_id"]:
+                continue
+            if m["msg_type"] == "stream":
+                out.append(m["content"]["text"])
+            elif m["msg_type"] == "error":
+                out.append("\n".join(m["content"]["traceback"]))
+            elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                return "".join(out)
+
+    try:
+        execute("%load_ext jupyter_ds_jobs", {"cellId": "c-load"})
+        execute("%%ds_job -o h\nx = 1", {"cellId": "8f0c2e6a-5b1d-4c3e-9a7f-0d1e2f3a4b5c"})
+        job_id = execute("print(h.job_id, h.status)", {"cellId": "c-print"}).split()
+        assert job_id[1] == "SUCCESS", job_id
+        desc = client.get(job_id[0]).desc
+        assert (
+            desc
+            == f"from notebook {nb_dir / 'train.ipynb'}, cell [2], id 8f0c2e6a-5b1d-4c3e-9a7f-0d1e2f3a4b5c"
+        )
+        assert parse_origin(desc) == Origin(
+            str(nb_dir / "train.ipynb"), 2, "8f0c2e6a-5b1d-4c3e-9a7f-0d1e2f3a4b5c"
+        )
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
