@@ -701,12 +701,14 @@ def test_origin_lines_round_trip() -> None:
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from jupyter_ds_jobs.common.origin import Origin, parse_origin, with_origin
+    from jupyter_ds_jobs.common.origin import ORIGIN_RE, Origin, parse_origin, with_origin
 
     assert Origin().line() == "" and with_origin("text", Origin()) == "text"
     assert Origin("a/train.ipynb", 3).line() == "from notebook a/train.ipynb, cell [3]"
     assert Origin("", 3, "6b1f").line() == "from cell [3], id 6b1f"
     assert parse_origin("from the lab") is None and parse_origin("") is None
+    docs = (Path(__file__).parent.parent / "docs" / "magics.md").read_text()
+    assert f"\n{ORIGIN_RE.pattern}\n" in docs  # the expression other clients copy is this one
 
     @given(
         st.text(min_size=1).filter(lambda p: "\n" not in p and "\r" not in p and not p.endswith("]")),
