@@ -64,6 +64,8 @@ READS = [
     pytest.param("load_dataset('csv', data_files={'train': 'data/a.csv'})", ["data/a.csv"], id="data-files"),
     pytest.param("pd.read_sql('data.csv', con)", [], id="sql-is-not-a-path"),
     pytest.param("f = 'data.csv'\nf.upper()\nprint(f)", [], id="a-string-is-not-a-read"),
+    pytest.param("open('-'.join('data.csv'))\nopen(''.join(['data.csv']))", [], id="str-join-is-not-a-path"),
+    pytest.param("open(os.path.join('data', 'a.csv'))", ["data/a.csv"], id="os-path-join"),
 ]
 
 

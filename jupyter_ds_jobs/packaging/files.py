@@ -227,11 +227,14 @@ class _Env:
             sep = "/" if isinstance(node.op, ast.Div) else ""
             return self._combine([self.eval(node.left, depth + 1), self.eval(node.right, depth + 1)], sep)
         if isinstance(node, ast.Call) and _callee(node)[1] in _PATH_CTORS and not node.keywords:
+            name, func = _callee(node)[1], node.func
+            if name == "join" and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Constant):
+                return None  # ", ".join(...): a string, not os.path.join
             parts = [self.eval(a, depth + 1) for a in node.args]
-            if isinstance(node.func, ast.Attribute) and _callee(node)[1] == "joinpath":
-                parts.insert(0, self.eval(node.func.value, depth + 1))
+            if isinstance(func, ast.Attribute) and name == "joinpath":
+                parts.insert(0, self.eval(func.value, depth + 1))
             if not parts:
-                return ["."] if _callee(node)[1] != "join" else None
+                return ["."] if name != "join" else None
             return self._combine(parts, "/")
         return None
 
