@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_ds_jobs._version import __version__
 
-__all__ = ["__version__", "load_ipython_extension"]
+if TYPE_CHECKING:
+    from jupyter_ds_jobs.notebooks import run_notebook
+
+__all__ = ["__version__", "load_ipython_extension", "run_notebook"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -14,3 +17,12 @@ def load_ipython_extension(ipython: Any) -> None:
     from jupyter_ds_jobs.magics import load_ipython_extension as load
 
     load(ipython)
+
+
+def __getattr__(name: str) -> Any:
+    """``jupyter_ds_jobs.run_notebook`` (:mod:`jupyter_ds_jobs.notebooks`), imported on first use."""
+    if name == "run_notebook":
+        from jupyter_ds_jobs.notebooks import run_notebook
+
+        return run_notebook
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

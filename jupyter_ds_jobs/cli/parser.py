@@ -1,6 +1,7 @@
 """The command line's argparse tree, declared in one place: every command, its options and help
 texts (kept accurate: ``test_cli`` runs each ``--help``). Each command's ``func`` is a
-``cmd_<name>`` of :mod:`~jupyter_ds_jobs.cli.commands` or :mod:`~jupyter_ds_jobs.cli.server`.
+``cmd_<name>`` of :mod:`~jupyter_ds_jobs.cli.commands`, :mod:`~jupyter_ds_jobs.cli.notebooks` or
+:mod:`~jupyter_ds_jobs.cli.server`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from jupyter_ds_jobs.cli.commands import (
     cmd_logs,
     cmd_set_data_ttl,
 )
+from jupyter_ds_jobs.cli.notebooks import cmd_convert, cmd_run_notebook
 from jupyter_ds_jobs.cli.server import cmd_server, cmd_server_status, cmd_server_stop
 
 __all__ = ["build_parser"]
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="directory of local modules (default: the script's)")
     p.set_defaults(func=cmd_generate_requirements)
 
+    _add_notebooks(sub)
     _add_server(sub)
     return parser
 
@@ -239,3 +242,77 @@ def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--timeout", type=float, default=30.0, help="seconds to wait for it to exit (default: 30)"
     )
     sp.set_defaults(func=cmd_server_stop)
+
+
+def _add_notebooks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run-notebook",
+        help="run a whole notebook as a job; get it back executed",
+        description="Run NOTEBOOK as one job (cells in an IPython shell in the job, no kernel start), with "
+        "papermill-style parameters injected after the cell tagged 'parameters'. The cells' output streams live "
+        "('[cell N]' before each line); the executed notebook comes back (-o, default STEM.executed.ipynb beside "
+        "it) and the files it wrote come back beside it. A failing cell ends the job in ERROR and the command "
+        "exits non-zero naming the cell. Cells tagged 'ds-skip' (or 'skip-execution') are left out.",
+    )
+    p.add_argument(
+        "-o", "--output", default=None, help="the executed notebook (default: STEM.executed.ipynb beside it)"
+    )
+    p.add_argument(
+        "--async", dest="async_", action="store_true", help="create and start, print the job id, exit"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the job's system log")
+    _job_options(p)
+    g = p.add_argument_group("server")
+    g.add_argument(
+        "--endpoint",
+        default=None,
+        help="job server host:port, or 'datasphere' (default: settings, else the local server)",
+    )
+    g.add_argument("--token", default=None, help="bearer token (default: DS_JOBS_TOKEN or settings)")
+    g.add_argument(
+        "--project", default=None, help="project id (default: DS_JOBS_PROJECT, settings, or 'local')"
+    )
+    p.set_defaults(func=cmd_run_notebook)
+
+    p = sub.add_parser(
+        "convert",
+        help="write a notebook as a DataSphere job folder",
+        description="Write a job folder that the official DataSphere CLI and 'jupyter ds-jobs execute -c config.yaml' "
+        "both run unchanged: config.yaml, the notebook (parameters injected), the runner, requirements.txt, the "
+        "local modules and the data files the cells read. Its outputs are the executed notebook and the files the "
+        "cells write by literal path.",
+    )
+    p.add_argument(
+        "-o", "--output-dir", required=True, help="the job folder (created; files in it are replaced)"
+    )
+    _job_options(p)
+    p.set_defaults(func=cmd_convert)
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("notebook", help="the notebook (.ipynb)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a parameter; VALUE is a Python literal (3, 0.5, True, None, [1, 2], {'a': 1}), YAML "
+                   "true/false/null or [..]/{..}, else a string (repeatable)")  # fmt: skip
+    p.add_argument("-f", "--parameters-file", action="append", metavar="FILE",
+                   help="a YAML file of parameters (repeatable; -p wins)")  # fmt: skip
+    p.add_argument("--name", default=None, help="job name (default: the notebook's name)")
+    p.add_argument("--desc", default=None, help="job description (the notebook's path is added to it)")
+    p.add_argument("--instance-type", action="append", metavar="TYPE",
+                   help="instance type, repeatable in order of preference (default: the notebook's "
+                   "metadata.ds_jobs.instance_type)")  # fmt: skip
+    p.add_argument("--requirements", default="auto",
+                   help="auto (pinned from what the cells import, plus ipython), none, or a requirements file")  # fmt: skip
+    p.add_argument("--pip", action="append", metavar="SPEC", help="an extra requirement (repeatable)")
+    p.add_argument(
+        "--python", default=None, metavar="VERSION", help="the job's Python major.minor (default: this one's)"
+    )
+    p.add_argument(
+        "--file", action="append", metavar="PATH", help="an extra input file or directory (repeatable)"
+    )
+    p.add_argument("--output-file", action="append", metavar="PATH",
+                   help="a relative path the notebook writes that comes back whatever its size (repeatable)")  # fmt: skip
+    p.add_argument("--no-output-files", action="store_true", help="bring back only the executed notebook")
+    p.add_argument("--max-output-file-size", default="100M",
+                   help="files the notebook writes come back up to this size each (default: 100M)")  # fmt: skip
+    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="an environment variable of the job")
