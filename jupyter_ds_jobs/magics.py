@@ -205,11 +205,10 @@ class DsJobsMagics(Magics):
         help="do not bring back the files the cell writes by literal relative path (brought back by default)",
     )
     @argument(
-        "--max-output-file-mib",
-        type=float,
+        "--max-output-file-size",
         default=None,
-        metavar="N",
-        help="files the job writes come back up to N MiB each (default 100); larger ones stay with the job",
+        metavar="SIZE",
+        help="files the job writes come back up to SIZE each (default 100M; K, M, G); larger ones stay with the job",
     )
     @argument(
         "--requirements",
@@ -269,10 +268,12 @@ class DsJobsMagics(Magics):
             requirements = str(here / Path(requirements).expanduser())
         files = [celljob.parse_file_spec(f) for f in args.file]
         cap = celljob.DEFAULT_MAX_OUTPUT_FILE_BYTES
-        if args.max_output_file_mib is not None:
-            if not args.max_output_file_mib >= 0:
-                raise InvalidArgument("must be a number of MiB >= 0", field="--max-output-file-mib")
-            cap = int(args.max_output_file_mib * 2**20)
+        if args.max_output_file_size is not None:
+            from jupyter_ds_jobs.cli.console import parse_size  # the CLI's, for the same spelling
+
+            cap = parse_size(args.max_output_file_size)
+            if cap < 0:
+                raise InvalidArgument("must be a size >= 0", field="--max-output-file-size")
         return CellJobOptions(
             inputs=_csv(args.inputs),
             outputs=_csv(args.outputs),

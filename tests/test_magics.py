@@ -650,29 +650,30 @@ def test_files_over_the_cap_stay_with_the_job_with_a_clear_message(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     cell = "open('big.bin', 'wb').write(b'x' * (3 * 2**20 // 2))\nopen('small.txt', 'w').write('s')\n"
-    job = run(shell, "--max-output-file-mib 1 --async", cell)
+    job = run(shell, "--max-output-file-size 1M --async", cell)
     job.result()
     assert not (notebook_dir / "big.bin").exists() and (notebook_dir / "small.txt").read_text() == "s"
     why = job.files_left["big.bin"]
     assert why == (
         f"'big.bin' (1.5 MiB) was not brought back: over the 1.0 MiB cap on files coming back; it stays "
         f"with the job (jupyter ds-jobs download {job.job_id}), or run the cell again with "
-        "--output-file big.bin or --max-output-file-mib 2"
+        "--output-file big.bin or --max-output-file-size 2M"
     )
     out = capsys.readouterr()
     assert f"ds_job: {why}" in out.err and why in out.out  # on stderr and in the summary
     assert [f.desc.path for f in client.get(job.job_id).output_files if f.desc.path == "big.bin"] == [
         "big.bin"
     ]
-    run(shell, "--max-output-file-mib 1 --output-file big.bin", cell)  # named: it comes back
+    run(shell, "--max-output-file-size 1MiB --output-file big.bin", cell)  # named: it comes back
     assert (notebook_dir / "big.bin").stat().st_size == 3 * 2**20 // 2
-    with pytest.raises(InvalidArgument, match="--max-output-file-mib"):
-        run(shell, "--max-output-file-mib -1", "x = 1\n")
+    for bad in ("-1", "lots"):
+        with pytest.raises(InvalidArgument, match="size"):
+            run(shell, f"--max-output-file-size {bad}", "x = 1\n")
 
 
 def test_help_lists_the_file_options(magics: DsJobsMagics) -> None:
     doc = DsJobsMagics.ds_job.__doc__ or ""
-    for opt in ("--no-input-files", "--no-output-files", "--max-output-file-mib"):
+    for opt in ("--no-input-files", "--no-output-files", "--max-output-file-size"):
         assert opt in doc, opt
 
 

@@ -545,7 +545,7 @@ def over_cap_message(path: str, size: int, cap: int, job_id: str) -> str:
     return (
         f"{path!r} ({cellio._human(size)}) was not brought back: over the {cellio._human(cap)} cap "
         f"on files coming back; it stays with the job (jupyter ds-jobs download {job_id}), or run "
-        f"the cell again with --output-file {path} or --max-output-file-mib {-(-size // 2**20)}"
+        f"the cell again with --output-file {path} or --max-output-file-size {-(-size // 2**20)}M"
     )
 
 
