@@ -23,9 +23,10 @@ import tempfile
 import time
 import zipfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from jupyter_ds_jobs.common.errors import InvalidArgument, NotFound
 
@@ -47,6 +48,7 @@ EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _FILE_ATTR = (stat.S_IFREG | 0o644) << 16
 _DIR_ATTR = ((stat.S_IFDIR | 0o755) << 16) | 0x10  # 0x10: MS-DOS directory flag
+_LINK_ATTR = (stat.S_IFLNK | 0o777) << 16
 _CHUNK = 1 << 20
 
 
@@ -87,7 +89,53 @@ def _walk(src: Path, skip: set[str]) -> Iterator[tuple[str, Path | None]]:
             yield str(rel / f), full
 
 
-def zip_path(src: Path, dest: Path) -> tuple[str, int]:
+#: An entry of a ZIP being written: a directory (None), a file, or a symlink (its target).
+_Item = Path | None | str
+
+
+def _walk_links(
+    src: Path, skip: set[str], links: Callable[[Path, str], str | None]
+) -> Iterator[tuple[str, _Item]]:
+    """As :func:`_walk`, but no symlink under ``src`` is followed: each goes to ``links`` (path,
+    arcname), whose answer is the target to store it with, or None to leave it out."""
+    base = src.name
+    yield base + "/", None
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = PurePosixPath(base, *Path(os.path.relpath(dirpath, src)).parts)
+        names = [(d, True) for d in dirnames if not _excluded(d, True)] + [
+            (f, False) for f in filenames if not _excluded(f, False)
+        ]
+        dirnames[:] = []
+        for name, is_dir in names:
+            full = Path(dirpath, name)
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                target = links(full, str(rel / name))
+                if target is not None:
+                    yield str(rel / name), target
+            elif stat.S_ISDIR(st.st_mode) and is_dir:
+                dirnames.append(name)
+                yield f"{rel / name}/", None
+            elif stat.S_ISREG(st.st_mode) and os.path.abspath(full) not in skip:
+                yield str(rel / name), full
+
+
+def _open_file(file: Path, follow: bool) -> tuple[BinaryIO, int]:
+    """``file`` opened for reading, and its size; with ``follow`` False, never through a symlink
+    and only a regular file (a FIFO swapped in would block)."""
+    if follow:
+        return open(file, "rb"), file.stat().st_size
+    fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InvalidArgument(f"{file} is no longer a regular file")
+    return os.fdopen(fd, "rb"), st.st_size
+
+
+def zip_path(
+    src: Path, dest: Path, *, links: Callable[[Path, str], str | None] | None = None
+) -> tuple[str, int]:
     """Write a deterministic ZIP of file or directory ``src`` to ``dest``; return (sha256, size).
 
     Entries are relative to ``src.parent`` (zipping ``/a/mypkg`` gives ``mypkg/``,
@@ -96,15 +144,24 @@ def zip_path(src: Path, dest: Path) -> tuple[str, int]:
     is ``dest`` itself. The same tree always gives byte-identical ZIPs. ``dest`` is replaced
     atomically. Each ZipInfo is built by hand on purpose: zipfile's own writer (``ZipFile.write``)
     stamps each file's mtime and mode, and the sha256 must identify the content alone.
+
+    Symlinks are followed (their content is zipped), unless ``links`` is given: then nothing is
+    read through a symlink under ``src``. Each one is handed to ``links(path, arcname)``, which
+    answers the target to store it with (a symlink entry, mode 0o777, as :func:`safe_extract`
+    reads it) or None to leave it out; files are opened without following links and only
+    regular files are zipped.
     """
     src = Path(src)
     dest = Path(dest)
     if not src.exists():
         raise NotFound(f"no such file or directory to zip: {src}")
-    if src.is_dir():
+    entries: list[tuple[str, _Item]]
+    if not src.is_dir():
+        entries = [(src.name, src)]
+    elif links is None:
         entries = sorted(_walk(src, {os.path.realpath(dest)}), key=lambda e: e[0])
     else:
-        entries = [(src.name, src)]
+        entries = sorted(_walk_links(src, {os.path.abspath(dest)}, links), key=lambda e: e[0])
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -117,10 +174,14 @@ def zip_path(src: Path, dest: Path) -> tuple[str, int]:
                     info.external_attr = _DIR_ATTR
                     zf.writestr(info, b"")
                     continue
+                if isinstance(file, str):
+                    info.external_attr = _LINK_ATTR
+                    zf.writestr(info, file.encode("utf-8", "surrogateescape"))
+                    continue
                 info.external_attr = _FILE_ATTR
                 info.compress_type = zipfile.ZIP_DEFLATED
-                info.file_size = file.stat().st_size  # decides zip64 before streaming
-                with open(file, "rb") as fin, zf.open(info, "w") as fout:
+                fin, info.file_size = _open_file(file, links is None)  # the size decides zip64
+                with fin, zf.open(info, "w") as fout:
                     shutil.copyfileobj(fin, fout, _CHUNK)
         tmp.replace(dest)
     except BaseException:

@@ -2,11 +2,15 @@
 
 A blob lives at ``root/ab/abcdef...``.  Writes go to ``root/tmp`` first and are
 renamed into place only after their size and sha256 check out, so a reader
-never sees a half-written blob.
+never sees a half-written blob. Running out of disk while writing (ENOSPC, EDQUOT, EFBIG)
+raises ``ResourceExhausted`` naming what could not be written (:func:`disk_full`); the half
+written temp file is removed, and nothing already stored is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import hmac
 import os
@@ -14,60 +18,95 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlencode
 
 from jupyter_ds_jobs.common.connection import blob_path
-from jupyter_ds_jobs.common.errors import InvalidArgument, PermissionDenied
+from jupyter_ds_jobs.common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
 
-__all__ = ["SHA256_RE", "BlobStore", "BlobWriter"]
+__all__ = ["SHA256_RE", "BlobStore", "BlobWriter", "disk_full"]
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20
+#: What a write answers when the disk (or the process's file size limit) has no room.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def disk_full(what: str) -> Iterator[None]:
+    """Turn running out of room while writing ``what`` into ``ResourceExhausted`` naming it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _FULL:
+            raise
+        raise ResourceExhausted(f"could not write {what}: {os.strerror(e.errno)}") from e
 
 
 class BlobWriter:
     """Streams bytes into a temp file, hashing as it goes; :meth:`commit` checks and publishes."""
 
     def __init__(
-        self, store: BlobStore, expect_sha: str | None = None, expect_size: int | None = None
+        self,
+        store: BlobStore,
+        expect_sha: str | None = None,
+        expect_size: int | None = None,
+        what: str = "",
     ) -> None:
         self.store = store
         self.expect_sha = expect_sha
         self.expect_size = expect_size
+        self.what = what or (f"blob {expect_sha}" if expect_sha else "a blob")
+        # Known too large for the disk: refused at the first write, so that an HTTP upload is
+        # answered (507) after its body, which a client sending it would not read before.
+        self.refused: ResourceExhausted | None = None
+        free = shutil.disk_usage(store.tmp).free
+        if expect_size is not None and expect_size > free:
+            msg = f"could not write {self.what} ({expect_size} bytes): {free} bytes free in the server's state dir"
+            self.refused = ResourceExhausted(msg)
         self._hash = hashlib.sha256()
         self.size = 0
-        fd, name = _mkstemp(store.tmp)
+        with disk_full(self.what):
+            fd, name = _mkstemp(store.tmp)
         self.tmp_path = Path(name)
         self._f: BinaryIO | None = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:
         assert self._f is not None
+        if self.refused is not None:
+            raise self.refused
         self.size += len(data)
         if self.expect_size is not None and self.size > self.expect_size:
             raise InvalidArgument(f"body is larger than the declared {self.expect_size} bytes", field="size")
         self._hash.update(data)
-        self._f.write(data)
+        with disk_full(self.what):
+            self._f.write(data)
 
     def commit(self) -> tuple[str, int]:
         assert self._f is not None
-        self._f.close()
-        self._f = None
         sha = self._hash.hexdigest()
         try:
+            if self.refused is not None:
+                raise self.refused
+            with disk_full(self.what):
+                f, self._f = self._f, None
+                f.close()
             if self.expect_size is not None and self.size != self.expect_size:
                 raise InvalidArgument(f"got {self.size} bytes, expected {self.expect_size}", field="size")
             if self.expect_sha is not None and sha != self.expect_sha:
                 raise InvalidArgument(f"content has sha256 {sha}, expected {self.expect_sha}", field="sha256")
-            self.store.publish(self.tmp_path, sha)
+            with disk_full(self.what):
+                self.store.publish(self.tmp_path, sha)
         finally:
             self.tmp_path.unlink(missing_ok=True)
         return sha, self.size
 
     def abort(self) -> None:
         if self._f is not None:
-            self._f.close()
+            with contextlib.suppress(OSError):  # the flush of a full disk fails again: drop it
+                self._f.close()
             self._f = None
         self.tmp_path.unlink(missing_ok=True)
 
@@ -118,21 +157,23 @@ class BlobStore:
     def writer(self, expect_sha: str | None = None, expect_size: int | None = None) -> BlobWriter:
         return BlobWriter(self, expect_sha, expect_size)
 
-    def add_file(self, src: Path) -> tuple[str, int]:
-        """Copy a file into the store (streamed); return (sha256, size)."""
-        w = self.writer()
-        try:
-            with open(src, "rb") as f:
+    def add_file(self, src: Path | BinaryIO, what: str = "") -> tuple[str, int]:
+        """Copy a file (a path, or a file open for reading) into the store, streamed and hashed
+        in one pass: the blob is a copy, never a link to ``src``. Return (sha256, size)."""
+        with open(src, "rb") if isinstance(src, Path) else src as f:
+            w = BlobWriter(self, what=what or str(src))
+            try:
                 while chunk := f.read(CHUNK):
                     w.write(chunk)
-        except BaseException:
-            w.abort()
-            raise
-        return w.commit()
+            except BaseException:
+                w.abort()
+                raise
+            return w.commit()
 
     def copy_to(self, sha: str, dest: Path) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.path(sha), dest)
+        with disk_full(str(dest)):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.path(sha), dest)
 
     def delete(self, sha: str) -> None:
         self.path(sha).unlink(missing_ok=True)

@@ -26,21 +26,22 @@ from pathlib import Path, PurePosixPath
 import grpc
 
 from jupyter_ds_jobs._proto import jobs_pb2
-from jupyter_ds_jobs.common.bundle import extract_as, safe_extract, sha256_file, zip_path
+from jupyter_ds_jobs.common.bundle import extract_as, safe_extract
 from jupyter_ds_jobs.common.contract import (
-    CMD_VAR_RE,
     FINAL_STATUSES,
     LOCAL_MODULE_PREFIX,
     PROJECT_HOME,
     is_safe_relpath,
     status_name,
 )
-from jupyter_ds_jobs.common.errors import DsJobsError, FailedPrecondition, rpc_code
+from jupyter_ds_jobs.common.errors import DsJobsError, FailedPrecondition, ResourceExhausted, rpc_code
 from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.environments import Environment, EnvironmentCache, EnvSpec
 from jupyter_ds_jobs.server.executors import Executor, LocalExecutor, RunningProcess
 from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_OUT, JobLog, LogStore
+from jupyter_ds_jobs.server.outputs import store_dir, store_file
 from jupyter_ds_jobs.server.store import FileRef, Store
+from jupyter_ds_jobs.server.substitute import substitute
 
 __all__ = ["ABORTED_CODE", "CancelMode", "JobManager"]
 
@@ -323,24 +324,22 @@ class JobManager:
         jl.system(f"process exited with code {code}")
         if run.cancel is not None:
             reason = run.cancelled_details()
-            await self._collect_logs(job.id)
+            await self._collect_logs(job.id, jl)
             self._set_status(job.id, S.CANCELLED, reason, self._record_files)
             return (CANCELLED_CODE, reason)
         self._set_status(job.id, S.UPLOADING_OUTPUT)
         self._progress(job.id, "collecting outputs", 95)
-        errors = await self._collect_outputs(job, workdir, jl)
-        await self._collect_logs(job.id)
+        errors, full = await self._collect_outputs(job, workdir, jl)
+        full += await self._collect_logs(job.id, jl)
 
         def finished(j: jobs_pb2.Job) -> None:
             self._record_files(j)
             del j.file_errors[:]
             j.file_errors.extend(errors)
 
-        if code == 0:
-            self._set_status(job.id, S.SUCCESS, "", finished)
-        else:
-            what = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            self._set_status(job.id, S.ERROR, f"process {what}", finished)
+        what = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        details = "; ".join(([f"process {what}"] if code else []) + full)  # full: did not fit
+        self._set_status(job.id, S.ERROR if details else S.SUCCESS, details, finished)
         self._progress(job.id, "done", 100)
         run.response = _result(code)
         return None
@@ -429,68 +428,55 @@ class JobManager:
 
     async def _collect_outputs(
         self, job: jobs_pb2.Job, workdir: Path, jl: JobLog
-    ) -> list[jobs_pb2.FileUploadError]:
+    ) -> tuple[list[jobs_pb2.FileUploadError], list[str]]:
+        """Store the declared outputs (``server.outputs``: copies, no link followed out of the job
+        dir); return the per-file errors and the messages of what did not fit on the disk."""
         refs: list[FileRef] = []
         errors: list[jobs_pb2.FileUploadError] = []
+        full: list[str] = []
+
+        def fail(d: jobs_pb2.FileDesc, msg: str, not_found: bool = False) -> None:
+            jl.system(msg)
+            kind = S.FileUploadError.NOT_FOUND if not_found else S.FileUploadError.UPLOAD_FAILED
+            errors.append(jobs_pb2.FileUploadError(output_file_desc=d, description=msg, type=kind))
+
         for d in job.job_parameters.output_files:
             try:
                 src = place(workdir, d.path, d.var, "outputs")
-            except FailedPrecondition as e:  # e.g. the job made the output a symlink out of its dir
-                jl.system(f"output file {d.path!r} not collected: {e}")
-                errors.append(
-                    jobs_pb2.FileUploadError(
-                        output_file_desc=d, description=str(e), type=S.FileUploadError.UPLOAD_FAILED
-                    )
-                )
-                continue
-            if src.is_dir():
-                ref = await asyncio.to_thread(self._add_dir, src, d)
-            elif src.is_file():
-                sha, size = await asyncio.to_thread(self._add_file, src)
-                ref = FileRef("output", d.path, d.var, sha, size, S.NONE)
-            else:
-                msg = f"output file {d.path!r} was not created by the job"
-                jl.system(msg)
-                errors.append(
-                    jobs_pb2.FileUploadError(
-                        output_file_desc=d, description=msg, type=S.FileUploadError.NOT_FOUND
-                    )
-                )
-                continue
-            refs.append(ref)
+                if src.is_dir():
+                    sha, size, skipped = await asyncio.to_thread(store_dir, self.blobs, src, workdir, d.path)
+                    refs.append(FileRef("output", d.path, d.var, sha, size, S.ZIP))
+                    for s in skipped:
+                        fail(d, f"output directory {d.path!r}: {s}")
+                elif src.is_file():
+                    sha, size = await asyncio.to_thread(store_file, self.blobs, src, d.path)
+                    refs.append(FileRef("output", d.path, d.var, sha, size, S.NONE))
+                else:
+                    fail(d, f"output file {d.path!r} was not created by the job", not_found=True)
+            except ResourceExhausted as e:
+                full.append(str(e))
+                fail(d, str(e))
+            except DsJobsError as e:  # e.g. the job made the output a symlink out of its dir
+                fail(d, f"output file {d.path!r} not collected: {e}")
+            except OSError as e:
+                fail(d, f"output file {d.path!r} not collected: {e.strerror}")
         self.store.add_files(job.id, refs)
-        return errors
+        return errors, full
 
-    def _add_file(self, src: Path) -> tuple[str, int]:
-        """Hash a finished output in place, then hard-link it into the blob store (no copy)."""
-        sha = sha256_file(src)
-        if not self.blobs.exists(sha):
-            dest = self.blobs.path(sha)
-            dest.parent.mkdir(exist_ok=True)
-            tmp = self.blobs.tmp / f"ln-{sha}-{os.getpid()}"
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        return sha, src.stat().st_size
-
-    def _add_dir(self, src: Path, d: jobs_pb2.FileDesc) -> FileRef:
-        tmp = self.blobs.tmp / f"outzip-{os.getpid()}-{id(src)}.zip"
-        try:
-            sha, size = zip_path(src, tmp)
-            if not self.blobs.exists(sha):
-                self.blobs.publish(tmp, sha)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return FileRef("output", d.path, d.var, sha, size, S.ZIP)
-
-    async def _collect_logs(self, job_id: str) -> None:
-        refs = []
+    async def _collect_logs(self, job_id: str, jl: JobLog) -> list[str]:
+        """Store the job's stdout / stderr files; return the messages of what did not fit."""
+        refs, full = [], []
         for path in self.logs.plain_files(job_id):
-            sha, size = await asyncio.to_thread(self.blobs.add_file, path)
+            what = f"log file {path.name!r} into the server's state dir"
+            try:
+                sha, size = await asyncio.to_thread(self.blobs.add_file, path, what)
+            except ResourceExhausted as e:
+                jl.system(str(e))
+                full.append(str(e))
+                continue
             refs.append(FileRef("log", path.name, "", sha, size, S.NONE))
         self.store.add_files(job_id, refs)
+        return full
 
 
 class _ProgressReader:
@@ -527,10 +513,6 @@ class _ProgressReader:
                     self.pos += len(buf)
                     buf = b""
         return last
-
-
-def substitute(cmd: str, values: dict[str, str]) -> str:
-    return CMD_VAR_RE.sub(lambda m: values.get(m.group(1), m.group(0)), cmd)
 
 
 def _result(code: int) -> bytes:

@@ -77,10 +77,13 @@ def direct_argv(cmd: str, path: str) -> list[str] | None:
     """``cmd`` as an argv to exec without a shell, when it is a plain command (no shell syntax).
 
     Saves a shell's start on every job; anything a shell would interpret goes through bash.
+    Words are split where bash splits them, on spaces and tabs only (``str.split`` would also
+    split on other Unicode spaces, which bash keeps in the word). A ``${VAR}`` value that needs
+    quoting arrives quoted (``server.substitute``), so such a command always goes through bash.
     """
     if _SHELL_SYNTAX.search(cmd):
         return None
-    argv = cmd.split()
+    argv = [w for w in re.split(r"[ \t]+", cmd) if w]
     if not argv or "/" in argv[0]:  # a path is resolved against the job's dir: leave it to bash
         return None
     exe = shutil.which(argv[0], path=path)
