@@ -312,7 +312,7 @@ def test_failing_notebook_exit_code_and_error_cell(
     assert p.stderr.rstrip().endswith(
         "error: the notebook failed at cell 3: ZeroDivisionError: division by zero"
     )
-    assert "ds_nbrunner: the notebook stopped at cell 3: ZeroDivisionError: division by zero" in p.stderr
+    assert "ds_nbrunner: stopped at cell 3: ZeroDivisionError: division by zero" in p.stderr
     assert "[cell 3] ZeroDivisionError: division by zero" in p.stderr
     nb = read(examples / "out" / "failed.ipynb")
     banner, *rest = nb["cells"]
@@ -500,3 +500,25 @@ def test_every_notebook_command_has_help() -> None:
 def test_examples_folder_is_what_the_tests_run() -> None:
     names = sorted(p.name for p in EXAMPLES.glob("*.ipynb"))
     assert names == ["ds_job_cells.ipynb", "failing.ipynb", "parameters.ipynb", "report.ipynb"]
+
+
+def test_matplotlib_inline_png_matches_nbclient(server: Any, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    # the font cache, built here (the job's sandbox may not write the home directory; a kernel's would)
+    import matplotlib.font_manager  # noqa: F401
+
+    write_notebook(
+        tmp_path / "plot.ipynb",
+        [("code", "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('three')"),
+         ("code", "fig, ax = plt.subplots()\nax.bar([1, 2], [3, 4]);")],
+    )  # fmt: skip
+    p = run_cli(cli_env(tmp_path, server), tmp_path, "run-notebook", "plot.ipynb")
+    assert p.returncode == 0, p.stderr
+    ours = read(tmp_path / "plot.executed.ipynb")
+    assert [[o["output_type"] for o in c["outputs"]] for c in code_cells(ours)] == [
+        ["execute_result", "display_data"],
+        ["display_data"],
+    ]
+    assert "image/png" in code_cells(ours)[1]["outputs"][0]["data"]
+    theirs = nbclient_run(nbrunner.read_notebook(str(tmp_path / "plot.ipynb")), tmp_path)
+    assert normalized(ours) == normalized(theirs)

@@ -371,22 +371,46 @@ def test_execute_refuses_a_zip_that_is_not_one(sdk: Sdk, server_log: Any, what: 
         job_id = sdk.create(params, {path: data})
         err = sdk.error(sdk.jobs.Execute, P.ExecuteProjectJobRequest(job_id=job_id))
         assert err.code() == PRECONDITION, err.details()
-        assert path in err.details() and "ZIP" in err.details()
+        assert f"ZIP archive {path!r} cannot be extracted: " in err.details(), err.details()
         assert sdk.get(job_id).status == J.CREATING
     assert not tracebacks(server_log)
 
 
-def test_an_os_error_during_a_job_is_reported_by_class_and_message(sdk: Sdk, server_log: Any) -> None:
-    # a local module that makes a directory where an input file must go: only the OS can tell
-    module = _zip({"in.txt/keep": b"k"})
+@pytest.mark.parametrize(
+    ("module", "inputs", "outputs", "needle"),
+    [
+        ({"in.txt/": b""}, ["in.txt"], [], "would be a directory where the input file 'in.txt' goes"),
+        ({"in.txt/sub/keep": b"k"}, ["in.txt"], [], "would be inside the input file 'in.txt'"),
+        ({"d": b"a file"}, ["d/in.txt"], [], "'d' is a file where 'd/in.txt' needs a directory"),
+        ({"o": b"a file"}, [], ["o/out.txt"], "'o' is a file where 'o/out.txt' needs a directory"),
+    ],
+)
+def test_execute_refuses_a_module_that_collides_with_an_input_or_output(
+    sdk: Sdk, server_log: Any, module: dict[str, bytes], inputs: list[str], outputs: list[str], needle: str
+) -> None:
+    zipped = _zip(module)
     params = J.JobParameters(
         cmd="true",
-        input_files=[_file("in.txt", b"data")],
-        env=J.Environment(python_env=J.PythonEnv(local_modules=[_file("/tmp/m.zip", module, "", True)])),
+        input_files=[_file(p, b"data") for p in inputs],
+        output_files=[J.FileDesc(path=p) for p in outputs],
+        env=J.Environment(python_env=J.PythonEnv(local_modules=[_file("/tmp/m.zip", zipped, "", True)])),
     )
-    job = sdk.run(sdk.create(params, {"in.txt": b"data", "/tmp/m.zip": module}))
+    job_id = sdk.create(params, {**{p: b"data" for p in inputs}, "/tmp/m.zip": zipped})
+    err = sdk.error(sdk.jobs.Execute, P.ExecuteProjectJobRequest(job_id=job_id))
+    assert err.code() == PRECONDITION and "'/tmp/m.zip'" in err.details() and needle in err.details(), (
+        err.details()
+    )
+    assert not tracebacks(server_log)
+
+
+def test_an_exception_that_ends_a_job_is_reported_by_class_and_message(sdk: Sdk, server_log: Any) -> None:
+    # the central directory is fine, the data is not: only extraction can tell
+    good = _zip({"a.txt": b"hello"})
+    corrupt = good.replace(b"hello", b"jello", 1)
+    params = J.JobParameters(cmd="true", input_files=[_file("d", corrupt, zipped=True)])
+    job = sdk.run(sdk.create(params, {"d": corrupt}))
     assert job.status == J.ERROR
-    assert job.status_details.startswith("IsADirectoryError: [Errno 21] Is a directory: "), job.status_details
+    assert job.status_details == "BadZipFile: Bad CRC-32 for file 'a.txt'", job.status_details
     assert not tracebacks(server_log)
 
 

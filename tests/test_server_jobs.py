@@ -59,9 +59,9 @@ def test_failing_command_is_error_with_return_code(api: Api) -> None:
     assert execute_response(op).result.return_code == 3
 
 
-def test_execute_twice_returns_the_same_operation_and_runs_once(api: Api, tmp_path: Path) -> None:
-    marker = tmp_path / "runs"
-    job_id = api.create(f"echo run >> {marker}; sleep 0.5")
+def test_execute_twice_returns_the_same_operation_and_runs_once(server, api: Api) -> None:  # type: ignore[no-untyped-def]
+    job_id = api.create("echo run >> runs; sleep 0.5")  # a sandboxed job writes only its own dir
+    marker = Path(server.info.state_dir) / "work" / job_id / "runs"
     first = api.execute(job_id)
     second = api.execute(job_id)
     assert first.id == second.id
@@ -111,9 +111,9 @@ def test_graceful_cancel_kills_after_the_timeout(api: Api) -> None:
     assert b"sending signal 10" in system and b"SIGKILL" in system
 
 
-def test_hard_cancel_leaves_no_orphan(api: Api, tmp_path: Path) -> None:
-    pidfile = tmp_path / "child.pid"
-    job_id = api.create(f"sleep 300 & echo $! > {pidfile}; echo started; wait")
+def test_hard_cancel_leaves_no_orphan(server, api: Api) -> None:  # type: ignore[no-untyped-def]
+    job_id = api.create("sleep 300 & echo $! > child.pid; echo started; wait")
+    pidfile = Path(server.info.state_dir) / "work" / job_id / "child.pid"
     op = api.execute(job_id)
     _wait_log(api, job_id, b"started")
     child = int(pidfile.read_text())
@@ -438,7 +438,7 @@ def test_clone_merges_overrides_and_links_parent(api: Api) -> None:
 def test_finalize_cleans_the_work_dir(server, api: Api) -> None:  # type: ignore[no-untyped-def]
     job_id = api.create("echo hi > scratch.txt")
     api.run(job_id)
-    work = Path(server.info.state_dir) / "jobs" / job_id / "work"
+    work = Path(server.info.state_dir) / "work" / job_id
     assert (work / "scratch.txt").exists()
     resp = api.jobs.Finalize(pjs_pb2.FinalizeProjectJobRequest(job_id=job_id), metadata=api.md)
     assert resp.job_id == job_id and not work.exists()

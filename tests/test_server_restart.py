@@ -49,8 +49,8 @@ def test_restart_keeps_finished_jobs_and_marks_interrupted_ones(tmp_path: Path) 
         api = Api(grpc.insecure_channel(str(info["endpoint"])), "tok")
         done = api.create("echo kept; echo data > ${O}", outputs=[("o.txt", "O")])
         _, op = api.run(done)
-        pidfile = tmp_path / "pid"
-        running = api.create(f"sleep 300 & echo $! > {pidfile}; echo up; wait")
+        running = api.create("sleep 300 & echo $! > pid; echo up; wait")
+        pidfile = state / "work" / running / "pid"  # a sandboxed job writes only its own dir
         api.execute(running)
         api.wait_status(running, {jobs_pb2.EXECUTING})
         deadline = time.monotonic() + 10
@@ -87,10 +87,10 @@ def test_restart_keeps_finished_jobs_and_marks_interrupted_ones(tmp_path: Path) 
 def test_clean_stop_kills_running_jobs(tmp_path: Path) -> None:
     state = tmp_path / "state"
     proc, info = _start(state)
-    pidfile = tmp_path / "pid"
     try:
         api = Api(grpc.insecure_channel(str(info["endpoint"])), "tok")
-        job_id = api.create(f"sleep 300 & echo $! > {pidfile}; wait")
+        job_id = api.create("sleep 300 & echo $! > pid; wait")
+        pidfile = state / "work" / job_id / "pid"  # a sandboxed job writes only its own dir
         api.execute(job_id)
         deadline = time.monotonic() + 10
         while not pidfile.exists() or not pidfile.read_text().strip():

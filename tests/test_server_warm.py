@@ -79,7 +79,7 @@ def test_a_cell_job_is_the_same_forked_or_started(api: Api, tmp_path: Path) -> N
     job, op = api.run(job_id)
     assert job.status == S.SUCCESS, job.status_details
     v = outputs_of(api, op, tmp_path / "out1")
-    assert v["here"].endswith(f"/jobs/{job_id}/work")  # type: ignore[union-attr]
+    assert v["here"].endswith(f"/work/{job_id}")  # type: ignore[union-attr]
     assert v["path0"] == v["here"] == v["in_path"]
     assert v["argv"] == ["_ds_runner.py"] and v["env_value"] == "v1" and v["session_leader"] is True
     # forked by the warm interpreter, not started by the server (this process)
@@ -107,13 +107,13 @@ def test_exit_codes_and_errors(api: Api, tmp_path: Path) -> None:
 def test_cancel_kills_the_forked_job_and_what_it_started(api: Api, tmp_path: Path) -> None:
     work = tmp_path / "w"
     work.mkdir()
-    pidfile = tmp_path / "child.pid"
     source = (
         "import subprocess, time\n"
-        f"p = subprocess.Popen(['sleep', '300']); open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "p = subprocess.Popen(['sleep', '300']); open('child.pid', 'w').write(str(p.pid))\n"
         "print('started', flush=True)\ntime.sleep(300)\n"
     )
     job_id = cell_job(api, work, source, [])
+    pidfile = tmp_path / "state" / "work" / job_id / "child.pid"  # a sandboxed job writes its own dir
     op = api.execute(job_id)
     deadline = time.monotonic() + 20
     while not (pidfile.exists() and pidfile.read_text()):

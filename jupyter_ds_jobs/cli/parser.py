@@ -180,6 +180,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_isolation(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("job isolation (docs/server.md, Security)")
+    g.add_argument(
+        "--isolation",
+        choices=("auto", "landlock", "namespaces", "permissions", "none"),
+        default=None,
+        help="how jobs are confined (default: DS_JOBS_ISOLATION, else auto: the strongest this host "
+        "allows); none turns it off, for debugging",
+    )
+    g.add_argument(
+        "--run-as", default=None, metavar="USER", help="a server started as root runs its jobs as this user"
+    )
+    g.add_argument(
+        "--sandbox-read",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a path sandboxed jobs may also read, e.g. a toolchain outside /usr and /opt (repeatable)",
+    )
+
+
 def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "server",
@@ -222,6 +243,7 @@ def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="store_false",
         help="start every cell job as a new Python instead of forking a warm interpreter",
     )
+    _add_isolation(p)
     p.set_defaults(func=cmd_server)
     ssub = p.add_subparsers(dest="server_command", metavar="{status,stop}")
     st = ssub.add_parser(

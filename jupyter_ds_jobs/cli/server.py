@@ -30,9 +30,15 @@ def _state_dir(given: Path | None) -> Path:
 def cmd_server(args: argparse.Namespace) -> int:
     from jupyter_ds_jobs.common.contract import INSTANCE_TYPES
     from jupyter_ds_jobs.server.app import ServerOptions, run_server
+    from jupyter_ds_jobs.server.sandbox import Isolation
 
     if args.max_concurrent_jobs < 1:
         raise InvalidArgument("--max-concurrent-jobs must be at least 1")
+    isolation = args.isolation or os.environ.get("DS_JOBS_ISOLATION") or "auto"
+    if isolation not in {m.value for m in Isolation}:
+        raise InvalidArgument(
+            f"DS_JOBS_ISOLATION={isolation!r}: use one of {', '.join(m.value for m in Isolation)}"
+        )
     types = (
         tuple(t.strip() for t in args.instance_types.split(",") if t.strip()) if args.instance_types else None
     )
@@ -48,6 +54,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         env_cache_cap_bytes=parse_size(args.env_cache_size) if args.env_cache_size else None,
         find_links=tuple(args.find_links),
         warm_start=args.warm_start,
+        isolation=Isolation(isolation),
+        run_as=args.run_as,
+        sandbox_read=tuple(args.sandbox_read),
     )
     return run_server(opts)
 
@@ -76,6 +85,7 @@ def cmd_server_status(args: argparse.Namespace) -> int:
         "pid": info.pid,
         "state_dir": info.state_dir,
         "version": info.version,
+        "isolation": info.isolation or "unknown (a server before isolation)",
         "jobs": counts,
     }
     if args.format == "json":

@@ -1,11 +1,13 @@
 """The connection file of a job server: where it listens and with which token.
 
-A running server writes ``ds-jobs-server.json`` (mode 0600) into its state dir
+A running server writes ``ds-jobs-server.json`` (mode 0600) into its state dir (mode 0700)
 and into the Jupyter runtime dir::
 
     {"endpoint": "127.0.0.1:40123", "http_url": "http://127.0.0.1:40124",
      "token": "...", "pid": 1234, "state_dir": "/home/u/.local/share/jupyter/ds-jobs",
-     "version": "0.1.0"}
+     "version": "0.1.0", "isolation": "landlock (ABI 7)"}
+
+``isolation`` says how the server confines its jobs (see ``server/sandbox.py``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class ConnectionInfo:
     pid: int
     state_dir: str
     version: str = ""
+    isolation: str = ""
 
     def write(self, path: Path) -> None:
         """Write atomically with mode 0600."""
@@ -80,7 +83,7 @@ class ConnectionInfo:
         try:
             data = json.loads(path.read_text())
             return cls(**{k: data[k] for k in ("endpoint", "http_url", "token", "pid", "state_dir")},
-                       version=data.get("version", ""))  # fmt: skip
+                       version=data.get("version", ""), isolation=data.get("isolation", ""))  # fmt: skip
         except FileNotFoundError:
             raise FailedPrecondition(f"no job server connection file at {path}") from None
         except (ValueError, KeyError, TypeError) as e:

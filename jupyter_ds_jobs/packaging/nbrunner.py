@@ -6,16 +6,12 @@ as JSON exactly as nbformat 4 writes it). Its copies of shared names are pinned 
 
     python _ds_nbrunner.py NOTEBOOK OUTPUT [--collect DIR [--max-file-bytes N]] [--keep PATH]...
 
-Code cells run in order in one IPython ``InteractiveShell`` in this process (no kernel to start);
-outputs are recorded as nbclient records them from an IPython kernel (stream, execute_result,
-display_data with display ids and clear_output, error), with execution counts and
-``metadata.execution`` timestamps. While it runs, each line a cell writes goes to the job's
-stdout / stderr prefixed ``[cell N]`` (:func:`cell_labels`), and ``job_progress.jsonl`` gets
-``cell N of M``. Tags: ``ds-skip`` / ``skip-execution`` leave a cell out; ``raises-exception``
-lets it fail. ``%%ds_job`` cells run their body here. A failing cell stops the run: error banners
-(tagged ``ds-error``) and ``metadata.ds_jobs.error`` say where. ``--collect DIR`` moves the files
-the notebook created or changed (each up to ``--max-file-bytes``; not the notebooks, this file,
-``_ds_*``, ``__pycache__`` or a ``--keep`` path) into DIR, a job output.
+Code cells run in order in one IPython ``InteractiveShell`` in this process (no kernel to start),
+their outputs recorded as nbclient records them from an IPython kernel. Each line a cell writes
+goes to the job's stdout / stderr prefixed ``[cell N]`` (:func:`cell_labels`); progress is
+``cell N of M``. A failing cell stops the run (error banners tagged ``ds-error``).
+``--collect DIR`` moves the files the notebook created or changed (each up to ``--max-file-bytes``;
+not the notebooks, this file, ``_ds_*``, ``__pycache__`` or a ``--keep`` path) into DIR.
 
 Exit code: 0; 1 when a cell raised; 2 when the notebook cannot be read or IPython is missing.
 """
@@ -32,6 +28,7 @@ import os
 import re
 import stat
 import sys
+import tempfile
 import time
 import uuid
 from typing import Any, TextIO
@@ -145,9 +142,7 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def cell_tags(cell: dict[str, Any]) -> list[str]:
@@ -228,9 +223,8 @@ class _Recorder:
         self.add(out)
 
     def clear(self, wait: bool) -> None:
-        if wait:
-            self.clear_pending = True
-        else:
+        self.clear_pending = wait
+        if not wait:
             self._clear_now()
 
     def traceback(self, ename: str, evalue: str, stb: list[str]) -> None:
@@ -372,6 +366,10 @@ def _make_shell(recorder: _Recorder, ipython_dir: str) -> Any:
         def init_virtualenv(self) -> None:  # as in ipykernel: the job's Python is the one
             pass
 
+        def enable_gui(self, gui: str | None = None) -> None:  # %matplotlib inline: no event loop
+            if gui not in (None, "inline"):
+                raise RuntimeError(f"a job has no GUI event loop ({gui}); use %matplotlib inline")
+
         def system_piped(self, cmd: str) -> None:
             if cmd.rstrip().endswith("&"):
                 raise OSError("Background processes not supported.")
@@ -401,10 +399,8 @@ def _make_shell(recorder: _Recorder, ipython_dir: str) -> Any:
 
 class _Run:
     def __init__(self, nb: dict[str, Any], output: str) -> None:
-        self.nb = nb
-        self.output = output
+        self.nb, self.output, self.saved_at = nb, output, time.monotonic()
         self.failed: tuple[int, str, dict[str, Any]] | None = None  # (index, label, error output)
-        self.saved_at = time.monotonic()
 
     def execute(self, shell: Any, recorder: _Recorder) -> None:
         cells = self.nb["cells"]
@@ -418,14 +414,13 @@ class _Run:
             if not runnable(cell):
                 continue
             label = labels[index]
-            number = int(label.split()[1]) if label.startswith("cell ") else 0
-            report_progress(
-                f"{label} of {total}" if number else "parameters", 100 * max(number - 1, 0) / total
-            )
+            n = int(label[5:]) if label.startswith("cell ") else 0
+            report_progress(f"{label} of {total}" if n else label, 100 * max(n - 1, 0) / total)
             count += 1
             recorder.begin(cell, label)
-            timing = cell["metadata"]["execution"] = {"iopub.status.busy": _now()}
-            timing["iopub.execute_input"] = _now()
+            timing = cell["metadata"]["execution"] = dict.fromkeys(
+                ("iopub.status.busy", "iopub.execute_input"), _now()
+            )
             result = shell.run_cell(cell["source"], store_history=True)
             sys.stdout.flush()
             sys.stderr.flush()
@@ -450,10 +445,9 @@ class _Run:
         cells = self.nb["cells"]
         count = cells[index].get("execution_count")
         anchor = f'<span id="{_ERROR_ANCHOR}" {_ERROR_STYLE}>The job stopped here: {label} raised an exception:</span>'
+        link = f'<a href="#{_ERROR_ANCHOR}">{label} (In [{count}])</a>'
         top = (
-            f"<span {_ERROR_STYLE}>An exception was raised at "
-            f"'<a href=\"#{_ERROR_ANCHOR}\">{label} (In [{count}])</a>': "
-            f"{html.escape(error['ename'])}.</span>"
+            f"<span {_ERROR_STYLE}>An exception was raised at '{link}': {html.escape(error['ename'])}.</span>"
         )
         for position, text in ((index, anchor), (0, top)):
             cell = {"cell_type": "markdown", "metadata": {"tags": [ERROR_TAG]}, "source": text}
@@ -510,6 +504,18 @@ def _collect(root: str, before: dict[str, tuple[int, int]], skip: set[str], into
 # --------------------------------------------------------------------------- main
 
 
+def _private_caches(tmp: str) -> None:
+    """Matplotlib's config and font cache in ``tmp`` when the home directory cannot take them (a
+    sandboxed job may not even see it): no "could not save" warning in every cell that plots."""
+    home = os.path.expanduser("~")
+    probe = os.path.join(home, ".cache") if os.path.isdir(os.path.join(home, ".cache")) else home
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            return
+    except OSError:
+        os.environ.setdefault("MPLCONFIGDIR", os.path.join(tmp, "matplotlib"))
+
+
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=RUNNER_FILE, description="Run a notebook in this process (IPython).")
     p.add_argument("notebook")
@@ -562,10 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     real_out, real_err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Tee("stdout", real_out, recorder), _Tee("stderr", real_err, recorder)  # type: ignore[assignment]
     run = _Run(nb, args.output)
-    import tempfile
-
     try:
         with tempfile.TemporaryDirectory(prefix="ds-nb-ipython-") as ipython_dir:
+            _private_caches(ipython_dir)
             try:
                 shell = _make_shell(recorder, ipython_dir)
             except ImportError as e:
@@ -579,18 +584,12 @@ def main(argv: list[str] | None = None) -> int:
         _collect(_job_dir, before, skip, args.collect, args.max_file_bytes) if args.collect else ([], [])
     )
     if left:
-        print(
-            f"ds_nbrunner: {len(left)} file(s) the notebook wrote are over {args.max_file_bytes} bytes and do "
-            f"not come back (name them with --output-file): {', '.join(left[:10])}{' ...' if len(left) > 10 else ''}",
-            file=sys.stderr,
-        )
+        names = ", ".join(left[:10]) + (" ..." if len(left) > 10 else "")
+        print(f"ds_nbrunner: not brought back, over {args.max_file_bytes} bytes: {names}", file=sys.stderr)
     _finish(run, started, moved, left)
     if run.failed is not None:
         _index, label, error = run.failed
-        print(
-            f"ds_nbrunner: the notebook stopped at {label}: {error['ename']}: {error['evalue']}",
-            file=sys.stderr,
-        )
+        print(f"ds_nbrunner: stopped at {label}: {error['ename']}: {error['evalue']}", file=sys.stderr)
         return 1
     report_progress("done", 100)
     return 0

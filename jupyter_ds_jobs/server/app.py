@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import threading
@@ -38,6 +39,7 @@ from jupyter_ds_jobs.server.jobs import Jobs
 from jupyter_ds_jobs.server.logs import LogStore
 from jupyter_ds_jobs.server.operations import Operations
 from jupyter_ds_jobs.server.runtime import JobManager
+from jupyter_ds_jobs.server.sandbox import Isolation, RunAs, Sandbox
 from jupyter_ds_jobs.server.service import (
     AuthInterceptor,
     DecodeInterceptor,
@@ -69,6 +71,9 @@ class ServerOptions:
     write_runtime_file: bool = True
     python_envs: bool = True
     warm_start: bool = True  # cell jobs fork a warm interpreter (see executors/zygote.py)
+    isolation: Isolation = Isolation.AUTO  # how jobs are confined (see sandbox.py)
+    run_as: str | None = None  # a root server runs its jobs as this user
+    sandbox_read: tuple[str, ...] = ()  # more paths sandboxed jobs may read
 
 
 class JobServer:
@@ -84,8 +89,15 @@ class JobServer:
 
     def _build(self) -> Jobs:
         sd = self.state_dir
-        sd.mkdir(parents=True, exist_ok=True)
-        os.chmod(sd, 0o700)
+        run_as = RunAs.lookup(self.opts.run_as) if self.opts.run_as else None
+        lay_out_state_dir(sd, run_as)
+        self.sandbox = Sandbox.create(
+            Isolation(self.opts.isolation),
+            tmp_root=sd / "tmp",
+            protected=[sd, runtime_dir()],
+            read_only=[sd / "envs", *map(Path, self.opts.sandbox_read)],
+            run_as=run_as,
+        )
         self.store = Store(sd / "jobs.sqlite")
         self.blobs = BlobStore(sd / "blobs", BlobStore.load_secret(sd / "secret.key"))
         self.logs = LogStore(sd / "jobs")
@@ -104,7 +116,8 @@ class JobServer:
             sd / "projects",
             max_concurrent=self.opts.max_concurrent_jobs,
             environments=environments,
-            executor=ZygoteExecutor() if self.opts.warm_start else LocalExecutor(),
+            executor=ZygoteExecutor(self.sandbox) if self.opts.warm_start else LocalExecutor(self.sandbox),
+            work_root=sd / "work",
         )
         ttl = timedelta(days=self.opts.default_ttl_days) if self.opts.default_ttl_days else None
         return Jobs(
@@ -156,6 +169,7 @@ class JobServer:
             pid=os.getpid(),
             state_dir=str(self.state_dir),
             version=__version__,
+            isolation=self.sandbox.describe(),
         )
         self.info.write(self.state_dir / CONNECTION_FILE_NAME)
         if self.opts.write_runtime_file:
@@ -165,6 +179,7 @@ class JobServer:
         log.info(
             "job server listening: grpc %s, http %s, state %s", self.info.endpoint, http_url, self.state_dir
         )
+        _log_isolation(self.sandbox)
         return self.info
 
     async def _sweep_loop(self) -> None:
@@ -197,6 +212,49 @@ class JobServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+_PRIVATE_FILES = ("jobs.sqlite", "jobs.sqlite-wal", "jobs.sqlite-shm", "secret.key", "server.log")
+
+
+def lay_out_state_dir(sd: Path, run_as: RunAs | None) -> None:
+    """Create the state dir's roots with their modes (docs/server.md, "State dir").
+
+    The server's own files are 0600 in 0700 dirs. Jobs reach only ``work/`` (their working
+    dirs), ``tmp/`` (their private TMPDIRs), ``envs/`` (read only) and ``projects/``; with
+    ``run_as`` the state dir and those roots are 0711 (searchable, not listable) so that the
+    job's user reaches them and nothing else.
+    """
+    reach = 0o711 if run_as is not None else 0o700
+    sd.mkdir(parents=True, exist_ok=True)
+    os.chmod(sd, reach)
+    db = sd / "jobs.sqlite"
+    if not db.exists():  # SQLite gives its -wal and -shm files the database's mode
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+    for name in (*_PRIVATE_FILES, CONNECTION_FILE_NAME):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(sd / name, 0o600)
+    modes = {"blobs": 0o700, "jobs": 0o700, "work": reach, "tmp": reach, "projects": reach}
+    modes["envs"] = 0o755 if run_as is not None else 0o700
+    for name, mode in modes.items():
+        (sd / name).mkdir(exist_ok=True)
+        os.chmod(sd / name, mode)
+    for stale in (sd / "tmp").iterdir():  # private tmps of jobs of a server that is gone
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _log_isolation(sandbox: Sandbox) -> None:
+    log.info("jobs are isolated: %s", sandbox.describe())
+    for mode, why in sandbox.fallback_reasons.items():
+        log.log(
+            logging.INFO if sandbox.mode is Isolation.LANDLOCK else logging.WARNING, "no %s: %s", mode, why
+        )
+    if sandbox.mode in (Isolation.PERMISSIONS, Isolation.NONE) and sandbox.run_as is None:
+        log.warning("jobs run as the server's user and can read its files (token, key, database): "
+                    "isolation %s", sandbox.mode.value)  # fmt: skip
+    elif os.geteuid() == 0 and sandbox.run_as is None:
+        log.warning("the server runs as root, and so do its jobs (without capabilities); "
+                    "--run-as USER runs them as an unprivileged user")  # fmt: skip
 
 
 def _bind_tcp(host: str, port: int) -> list[socket.socket]:
@@ -272,6 +330,7 @@ def run_server(opts: ServerOptions, announce: bool = True) -> int:
                 f"  grpc endpoint: {info.endpoint}\n"
                 f"  http url:      {info.http_url}\n"
                 f"  state dir:     {info.state_dir}\n"
+                f"  isolation:     {info.isolation}\n"
                 f"  connection:    {Path(info.state_dir) / CONNECTION_FILE_NAME}\n"
                 "Press Ctrl-C to stop.",
                 flush=True,

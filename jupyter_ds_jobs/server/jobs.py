@@ -17,10 +17,8 @@ import secrets
 import shutil
 import signal
 import time
-import zipfile
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import timedelta
-from pathlib import Path
 
 import psutil
 from google.protobuf.duration_pb2 import Duration
@@ -44,6 +42,7 @@ from jupyter_ds_jobs.server.validation import (
     MAX_ID_BYTES,
     MAX_NAME_BYTES,
     MAX_STRING_BYTES,
+    check_archives,
     check_duration,
     check_length,
     check_parameters,
@@ -73,8 +72,6 @@ MAX_DOWNLOAD_FILES = 1000
 MAX_TIMESTAMP_NS = 253_402_300_799_999_999_999
 #: A page token: base64url of ``<created_at ns>:<job id>`` of the previous page's last job.
 PAGE_TOKEN_RE = re.compile(rb"([0-9]{1,19}):([0-9A-Za-z_-]{1,64})")
-#: Compression methods zipfile reads.
-ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 #: An unreferenced blob younger than this stays: outputs being collected are published a moment
 #: before their reference is stored.
 BLOB_GRACE_S = 3600.0
@@ -219,15 +216,7 @@ class Jobs:
         ]
         if missing:
             raise FailedPrecondition(f"files not uploaded yet: {', '.join(missing)}")
-        for f in [
-            *(f for f in p.input_files if f.compression_type == S.ZIP),
-            *p.env.python_env.local_modules,
-        ]:
-            problem = _zip_problem(self.blobs.path(f.sha256))
-            if problem is not None:
-                raise FailedPrecondition(
-                    f"{shown(f.desc.path)} is not a ZIP archive this server can read: {problem}"
-                )
+        check_archives(p, self.blobs.path)
         self.check_python(p)
         op_id = self._new_operation(OpKind.EXECUTE, job.id, job.project_id, done=False)
         self.manager.submit(job.id, op_id)
@@ -437,20 +426,6 @@ def _expiry(start_ns: int, ttl: Duration | None) -> int | None:
         return None
     end = start_ns + ttl.seconds * 10**9 + ttl.nanos
     return end if end <= MAX_TIMESTAMP_NS else None
-
-
-def _zip_problem(path: Path) -> str | None:
-    """Why zipfile could not extract ``path`` (read from its central directory), or None."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if info.flag_bits & 0x1:
-                    return f"entry {shown(info.filename)} is encrypted"
-                if info.compress_type not in ZIP_METHODS:
-                    return f"entry {shown(info.filename)} uses compression method {info.compress_type}"
-    except Exception as e:  # zipfile raises many kinds for bytes that are not a ZIP (BadZipFile, EOFError...)
-        return f"{type(e).__name__}: {e}"
-    return None
 
 
 def _page_token(last: jobs_pb2.Job) -> str:

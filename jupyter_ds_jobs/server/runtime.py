@@ -18,6 +18,8 @@ import shutil
 import signal
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -267,7 +269,7 @@ class JobManager:
                 self._finish(job_id, S.ERROR, str(e))
             except Exception as e:  # an OS error or a bug: the job still ends, saying what happened
                 details = f"{type(e).__name__}: {e}"[:2000]
-                if isinstance(e, OSError):  # the OS refused (a path, a limit, the disk): nothing to trace
+                if isinstance(e, _NOT_A_BUG):  # the OS refused (a path, a limit, the disk), bad data
                     log.warning("job %s failed: %s", job_id, details)
                 else:
                     log.exception("job %s failed", job_id)
@@ -513,6 +515,10 @@ class _ProgressReader:
                     self.pos += len(buf)
                     buf = b""
         return last
+
+
+#: What ends a job without a bug to trace: the OS refused, or an archive's data is corrupt.
+_NOT_A_BUG = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def _result(code: int) -> bytes:

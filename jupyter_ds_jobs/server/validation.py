@@ -13,8 +13,9 @@ most :data:`MAX_SEGMENT_BYTES`; an input file is never the parent of another inp
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from pathlib import PurePosixPath
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -50,6 +51,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_SEGMENT_BYTES",
     "MAX_STRING_BYTES",
+    "check_archives",
     "check_duration",
     "check_length",
     "check_parameters",
@@ -85,6 +87,9 @@ MAX_SEGMENT_BYTES = 255
 MAX_DURATION_S = 315_576_000_000
 #: Characters of a refused value an error message shows.
 SHOWN = 80
+
+#: Compression methods zipfile reads.
+ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 
 #: String fields (their path without indices) that may hold MAX_LONG_STRING_BYTES.
 _LONG_FIELDS = frozenset({"cmd", "arguments.value", "env.vars.value", "env.python_env.conda_yaml"})
@@ -436,3 +441,78 @@ def _refuse_unsupported(p: jobs_pb2.JobParameters) -> None:
         )
     if p.output_datasets:
         raise FailedPrecondition("output datasets are not supported by the local job server")
+
+
+# -- at Execute: the archives' contents -----------------------------------------------------------
+
+
+def check_archives(p: jobs_pb2.JobParameters, blob: Callable[[str], Path]) -> None:
+    """FailedPrecondition naming the file for a local module or ZIP input that zipfile cannot
+    extract (not a ZIP, truncated, encrypted, an unknown compression method), or whose entries
+    would land where an input file goes, below one, or as a file above an input or output
+    (``blob``: sha256 -> the uploaded file). Read from the central directories only."""
+    files = {
+        placed(f.desc.path, f.desc.var, "inputs"): f.desc.path
+        for f in p.input_files
+        if f.compression_type != jobs_pb2.ZIP
+    }
+    archives = [(f, PurePosixPath()) for f in p.env.python_env.local_modules]  # into the job dir
+    archives += [
+        (f, placed(f.desc.path, f.desc.var, "inputs"))
+        for f in p.input_files
+        if f.compression_type == jobs_pb2.ZIP
+    ]
+    below = [*files, *(placed(d.path, d.var, "outputs") for d in p.output_files)]
+    for f, dest in archives:
+        try:
+            _check_landing(_zip_entries(blob(f.sha256)), dest, files, below)
+        except ValueError as e:
+            raise FailedPrecondition(f"ZIP archive {shown(f.desc.path)} cannot be extracted: {e}") from None
+
+
+def _zip_entries(path: Path) -> list[tuple[PurePosixPath, bool]]:
+    """(name, is a directory) of each entry; ValueError saying why zipfile could not extract it."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except Exception as e:  # zipfile raises many kinds for bytes that are not a ZIP (BadZipFile, EOFError...)
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    for info in infos:
+        if info.flag_bits & 0x1:
+            raise ValueError(f"entry {shown(info.filename)} is encrypted")
+        if info.compress_type not in ZIP_METHODS:
+            raise ValueError(f"entry {shown(info.filename)} uses compression method {info.compress_type}")
+    return [(PurePosixPath(i.filename), i.is_dir()) for i in infos if i.filename.strip("/")]
+
+
+def _check_landing(
+    entries: list[tuple[PurePosixPath, bool]],
+    dest: PurePosixPath,
+    files: dict[PurePosixPath, str],
+    below: list[PurePosixPath],
+) -> None:
+    """Where the entries land (as ``bundle.extract_as`` puts them; a local module: the job dir)
+    meets no input file (none lands on one as a directory or below one) and no entry is a file
+    where an input or output (``below``) needs a directory."""
+    rooted = bool(dest.parts) and all(name.parts[:1] == (dest.name,) for name, _ in entries)
+    base = dest.parent if rooted else dest
+    landed_files = set()
+    for name, is_dir in entries:
+        where = base / name
+        for parent in where.parents:
+            if parent in files:
+                raise ValueError(
+                    f"entry {shown(str(name))} would be inside the input file {shown(files[parent])}"
+                )
+        if is_dir and where in files:
+            raise ValueError(
+                f"entry {shown(str(name))} would be a directory where the input file {shown(files[where])} goes"
+            )
+        if not is_dir:
+            landed_files.add(where)
+    for path in below:
+        for parent in path.parents:
+            if parent in landed_files:
+                raise ValueError(
+                    f"entry {shown(str(parent))} is a file where {shown(str(path))} needs a directory"
+                )

@@ -9,7 +9,9 @@ imports (most of a small job's time) are paid once instead of per job.
 
 Protocol, one JSON object per packet (a SOCK_SEQPACKET socket keeps message boundaries):
 
-* server -> zygote: ``{"id": N, "argv": [...], "cwd": ..., "env": {...}}`` with 2 fds
+* server -> zygote: ``{"id": N, "argv": [...], "cwd": ..., "env": {...}, "sandbox": POLICY}`` with
+  2 fds (``sandbox``: null, or the policy the child applies to itself first, see
+  ``_sandbox_apply.py``; a child that cannot apply it exits 126 and runs nothing)
 * zygote -> server: ``{"id": N, "pid": P}`` once forked (``{"id": N, "error": ...}`` if not),
   then ``{"pid": P, "exit": CODE}`` when the child ends (CODE < 0: killed by signal -CODE).
 """
@@ -21,12 +23,22 @@ import select
 import signal
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+SANDBOX_ERROR = ""
+if TYPE_CHECKING:
+    from jupyter_ds_jobs.server.executors import _sandbox_apply as sandbox
+else:  # run as a script: this file's directory is sys.path[0]
+    try:
+        import _sandbox_apply as sandbox
+    except Exception as e:  # the job's Python lacks ctypes, say: sandboxed jobs start plainly
+        sandbox = None
+        SANDBOX_ERROR = f"this interpreter cannot sandbox a job: {e!r}"
 
 # The runner's imports, then what every forked child uses itself, cloudpickle (absent from some job
 # venvs) or not: runpy, ast (compile() builds the AST types on its first call) and threading.
 PRELOAD: tuple[str, ...] = ("cloudpickle", "json", "linecache", "contextlib", "importlib", "types", "typing")
-PRELOAD += ("base64", "runpy", "ast", "threading")
+PRELOAD += ("base64", "runpy", "pkgutil", "ast", "threading")
 
 
 def _preload() -> None:
@@ -56,6 +68,12 @@ def _child(req: dict[str, Any], fds: list[int], base_path: list[str]) -> None:
         os.dup2(fds[1], 2)
         _close_from_3()  # the zygote's socket, pipes and the passed fds
         os.chdir(req["cwd"])
+        if req.get("sandbox"):
+            try:
+                sandbox.apply(req["sandbox"])
+            except Exception as e:
+                print(f"ds-jobs sandbox: {e}", file=sys.stderr, flush=True)
+                os._exit(126)
         env = req["env"]
         os.environ.clear()
         os.environ.update(env)
@@ -145,6 +163,8 @@ def main() -> None:
             return
         req = json.loads(data)
         try:
+            if req.get("sandbox") and sandbox is None:
+                raise OSError(SANDBOX_ERROR)
             if len(fds) != 2:
                 raise OSError(f"expected 2 file descriptors, got {len(fds)}")
             pid = os.fork()

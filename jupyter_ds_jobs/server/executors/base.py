@@ -15,6 +15,7 @@ class RunningProcess(Protocol):
     """A started job command."""
 
     pid: int
+    isolation: str  # how the job is confined (``Sandbox.describe()``), for its system log
 
     async def wait(self) -> int:
         """Wait until the command and its output streams end; return its exit code (-N for signal N)."""

@@ -6,7 +6,10 @@ interpreter (a "zygote", :mod:`._zygote_main`) per job interpreter, with those i
 and forks it for each such job; every other command goes to :class:`LocalExecutor`. A forked
 job is a process of its own: its own session (so cancel and cleanup work by process group), the
 job's cwd, environment, ``sys.path`` and stdout / stderr pipes, and a fresh ``random`` seed.
-If a zygote cannot start or dies, jobs fall back to a plain start.
+If a zygote cannot start or dies, jobs fall back to a plain start. A sandboxed job confines itself
+in the fork, before it runs (``_sandbox_apply.apply``, see :mod:`jupyter_ds_jobs.server.sandbox`):
+a few syscalls, no exec. The zygote's own environment carries none of the server's ``DS_JOBS_*``
+variables (a forked job's ``/proc/self/environ`` shows the zygote's).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from jupyter_ds_jobs.server.executors.local import (
     LocalProcess,
     direct_argv,
 )
+from jupyter_ds_jobs.server.sandbox import JobSandbox, Sandbox
 
 __all__ = ["ZygoteExecutor", "ZygoteProcess"]
 
@@ -52,9 +56,14 @@ class ZygoteProcess(GroupProcess):
     """A job forked by a zygote: the server reads its pipes; the zygote reports its exit."""
 
     def __init__(
-        self, pid: int, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader, sink: OutputSink
+        self,
+        pid: int,
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader,
+        sink: OutputSink,
+        sandbox: JobSandbox | None = None,
     ) -> None:
-        super().__init__(pid, stdout, stderr, sink)  # the child called setsid()
+        super().__init__(pid, stdout, stderr, sink, sandbox)  # the child called setsid()
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def exited(self, code: int) -> None:
@@ -89,7 +98,7 @@ class _Zygote:
 
     async def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {k: v for k, v in os.environ.items() if k not in _STRIPPED_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in _STRIPPED_ENV and not k.startswith("DS_JOBS_")}
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 self.python,
@@ -151,9 +160,7 @@ class _Zygote:
             proc.exited(-int(signal.SIGKILL))
         self._procs.clear()
 
-    async def spawn(
-        self, argv: list[str], cwd: Path, env: Mapping[str, str], sink: OutputSink
-    ) -> ZygoteProcess:
+    async def spawn(self, argv: list[str], cwd: Path, job: JobSandbox, sink: OutputSink) -> ZygoteProcess:
         if not self.alive or self.sock is None:
             raise ZygoteError("the warm interpreter is not running")
         out_r, out_w = os.pipe()
@@ -161,7 +168,8 @@ class _Zygote:
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
-        request = json.dumps({"id": req_id, "argv": argv, "cwd": str(cwd), "env": dict(env)}).encode()
+        req = {"id": req_id, "argv": argv, "cwd": str(cwd), "env": job.env, "sandbox": job.policy}
+        request = json.dumps(req).encode()
         try:
             socket.send_fds(self.sock, [request], [out_w, err_w])
         except OSError as e:
@@ -184,7 +192,7 @@ class _Zygote:
                 os.close(fd)
             raise ZygoteError(msg["error"])
         pid = int(msg["pid"])
-        proc = ZygoteProcess(pid, await _reader(out_r), await _reader(err_r), sink)
+        proc = ZygoteProcess(pid, await _reader(out_r), await _reader(err_r), sink, job)
         early = self._early_exits.pop(pid, None)
         if early is not None:
             proc.exited(early)
@@ -204,8 +212,8 @@ class _Zygote:
 class ZygoteExecutor:
     """Cell jobs (``python _ds_runner.py``) fork a warm interpreter; other commands start plainly."""
 
-    def __init__(self) -> None:
-        self.plain = LocalExecutor()
+    def __init__(self, sandbox: Sandbox | None = None) -> None:
+        self.plain = LocalExecutor(sandbox)
         self._zygotes: dict[str, _Zygote] = {}
         self._starting: dict[str, asyncio.Task[_Zygote]] = {}
 
@@ -246,13 +254,14 @@ class ZygoteExecutor:
         self, cmd: str, cwd: Path, env: Mapping[str, str], sink: OutputSink
     ) -> ZygoteProcess | LocalProcess:
         argv = self._warm_argv(cmd, env)
+        job = await self.plain.prepare(cwd, env)
         if argv is not None:
             try:
                 z = await self._zygote(argv[0])
-                return await z.spawn(argv, cwd, env, sink)
+                return await z.spawn(argv, cwd, job, sink)
             except (ZygoteError, OSError) as e:
                 log.warning("warm start of %r failed (%s); starting it plainly", cmd, e)
-        return await self.plain.start(cmd, cwd, env, sink)
+        return await self.plain.start_prepared(cmd, cwd, job, sink)
 
     async def close(self) -> None:
         for z in list(self._zygotes.values()):
