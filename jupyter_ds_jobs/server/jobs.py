@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import psutil
 from google.protobuf.duration_pb2 import Duration
@@ -319,7 +320,7 @@ class Jobs:
         shas = self.store.drop_files(job.id)
         self.store.delete_job(job.id)
         self._drop_unreferenced(shas)
-        shutil.rmtree(self.manager.jobs_root / job.id, ignore_errors=True)
+        self.manager.remove_job_dirs(job.id)
         return self._new_operation(OpKind.DELETE, job.id, job.project_id)
 
     def _drop_unreferenced(self, shas: Iterable[str]) -> None:
@@ -333,7 +334,7 @@ class Jobs:
                 f"job {job.id} is {status_name(job.status)}; only finished jobs can be cleared"
             )
         self._drop_unreferenced(self.store.drop_files(job.id))
-        shutil.rmtree(self.manager.jobs_root / job.id, ignore_errors=True)
+        self.manager.remove_job_dirs(job.id)
         job.data_cleared = True
         job.data_size_bytes = 0
         self.store.save_job(job)
@@ -387,7 +388,7 @@ class Jobs:
                 continue  # created, never executed: still executable
             was = status_name(job.status)
             pgid = self.store.pgid(job.id)
-            if pgid and _group_is_job(pgid, job.id):
+            if pgid and _group_is_job(pgid, job.id, self.manager.workdir(job.id)):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pgid, signal.SIGKILL)
             job.status = S.ERROR
@@ -401,15 +402,16 @@ class Jobs:
         return interrupted
 
 
-def _group_is_job(pgid: int, job_id: str) -> bool:
+def _group_is_job(pgid: int, job_id: str, workdir: Path | None = None) -> bool:
     """Is process ``pgid`` still the job's (not a reused pid)? Its environment says, or (for a
     job forked from a warm interpreter, whose initial environment is the interpreter's) its
-    working directory inside the job's dir."""
+    working directory: ``workdir`` or ``jobs/<id>/work`` (where earlier servers put it)."""
     try:
         proc = psutil.Process(pgid)
         if proc.environ().get("DS_JOB_ID") == job_id:
             return True
-        return f"/jobs/{job_id}/" in str(proc.cwd()) + "/"
+        cwd = str(proc.cwd())
+        return f"/jobs/{job_id}/" in cwd + "/" or (workdir is not None and cwd == str(workdir))
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return False
 

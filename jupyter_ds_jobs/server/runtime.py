@@ -105,11 +105,13 @@ class JobManager:
         max_concurrent: int = 2,
         executor: Executor | None = None,
         environments: EnvironmentCache | None = None,
+        work_root: Path | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
         self.logs = logs
-        self.jobs_root = jobs_root
+        self.jobs_root = jobs_root  # <id>/logs: the server's own
+        self.work_root = work_root if work_root is not None else jobs_root.parent / "work"
         self.projects_root = projects_root
         self.max_concurrent = max(1, max_concurrent)
         self.executor: Executor = executor or LocalExecutor()
@@ -121,7 +123,13 @@ class JobManager:
 
     # -- helpers ----------------------------------------------------------
     def workdir(self, job_id: str) -> Path:
-        return self.jobs_root / job_id / "work"
+        """The job's working dir, in a root of its own: nothing of the server's is near it."""
+        return self.work_root / job_id
+
+    def remove_job_dirs(self, job_id: str) -> None:
+        """Remove the job's working dir and its logs dir (its data)."""
+        for path in (self.workdir(job_id), self.jobs_root / job_id):
+            shutil.rmtree(path, ignore_errors=True)
 
     def is_active(self, job_id: str) -> bool:
         return job_id in self._runs
@@ -313,6 +321,7 @@ class JobManager:
             jl.write(SOURCE_OUT if source == 1 else SOURCE_ERR, chunk)
 
         run.proc = await self.executor.start(cmd, workdir, env, sink)
+        jl.system(f"isolation: {run.proc.isolation}")
         self.store.set_pgid(job.id, run.proc.pid)
         self._set_status(job.id, S.EXECUTING)
         progress = _ProgressReader(workdir / PROGRESS_FILE)
