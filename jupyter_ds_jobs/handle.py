@@ -1,7 +1,8 @@
 """The handle of a job started by ``%%ds_job`` or reattached by ``%ds_job_attach``: it follows the
 job's logs and progress into a view, waits (Ctrl-C or the view's Cancel button cancels), and loads
 the results into the kernel. :func:`default_job_name` names a cell's job, :func:`cell_origin` says
-where it came from (the line :mod:`~jupyter_ds_jobs.common.origin` appends to its ``desc``)."""
+where it came from (the line :mod:`~jupyter_ds_jobs.common.origin` appends to its ``desc``);
+:func:`watch_notebook_run` gives a whole notebook's job (``%ds_run_notebook``) the same view."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_ds_jobs._proto import jobs_pb2, op_pb2, pjs_pb2
 from jupyter_ds_jobs.common.contract import status_name
-from jupyter_ds_jobs.common.errors import DsJobsError, JobFailed
+from jupyter_ds_jobs.common.errors import DsJobsError, JobFailed, Unavailable
 from jupyter_ds_jobs.common.origin import Origin
 from jupyter_ds_jobs.core.client import ExecuteResult, JobsClient
 from jupyter_ds_jobs.core.logfollow import LogFollower
@@ -32,7 +33,10 @@ from jupyter_ds_jobs.packaging.celljob import CellJob
 from jupyter_ds_jobs.packaging.runner import ERROR_FILE, OUTPUTS_DIR, OUTPUTS_MANIFEST, OUTPUTS_ZIP
 from jupyter_ds_jobs.widgets import JobView, Summary, TextView
 
-__all__ = ["DsJob", "cell_origin", "default_job_name", "notebook_path"]
+if TYPE_CHECKING:
+    from jupyter_ds_jobs.notebooks import NotebookRun
+
+__all__ = ["DsJob", "cell_origin", "default_job_name", "notebook_path", "watch_notebook_run"]
 
 _TAIL_LINES = 20
 _SYSTEM_SHOWN = re.compile(r"environment|error|cancel|SIGKILL|signal|waiting for a free slot", re.I)
@@ -218,6 +222,8 @@ class DsJob:
     def _run_to_end(self, interruptible: bool) -> None:
         try:
             self._result = self._wait_interruptible(interruptible)
+        except Unavailable as e:  # the job server went away (killed, stopped) or stopped answering
+            self._wait_error = self._lost_server(e)
         except BaseException as e:
             self._wait_error = e
         finally:
@@ -227,6 +233,16 @@ class DsJob:
                 self._set_status(job.status, job.status_details)
                 self.return_code = self._result.return_code
             self._done.set()
+
+    def _lost_server(self, e: Unavailable) -> Unavailable:
+        """The error a cell raises when its job server goes away: it names the job and what next."""
+        job = f"job {self.job_id}" + (f" ({self.name})" if self.name else "")
+        return Unavailable(
+            f"lost the job server while waiting for {job}: {e}. The job cannot finish without its "
+            "server: once a server runs again on its state dir (`jupyter ds-jobs server`, or a "
+            f"%%ds_job in a new kernel) it reports the job ERROR; `%ds_job_attach {self.job_id}` in a "
+            "new kernel shows it"
+        )
 
     def run(self, *, interruptible: bool = True) -> None:
         """Wait for the job in this thread (Ctrl-C cancels it and raises KeyboardInterrupt; a
@@ -405,3 +421,42 @@ def _with_remote_traceback(exc: BaseException, job_id: str) -> BaseException:
         with contextlib.suppress(AttributeError, TypeError):
             exc._render_traceback_ = render  # type: ignore[attr-defined]
     return exc
+
+
+def watch_notebook_run(run: NotebookRun, view: JobView, *, interruptible: bool = True) -> None:
+    """Follow a notebook's job (``run_notebook(..., wait=False)``) into ``view`` as ``%%ds_job``
+    does a cell's: output, status and progress live; Ctrl-C cancels it gracefully, a second one
+    kills it, then ``KeyboardInterrupt``; a cancel meanwhile (the view's button) ends it quietly.
+    Then the executed notebook and the files it wrote come back (``run.wait()``, which whoever
+    calls first does) and the summary names them."""
+    feed = DsJob(run.client, run.job_id, shell=None, view=view, name=run.path.stem)
+    feed.start_logs()
+    feed._run_to_end(interruptible)  # its own wait: the view's progress whoever fetches the results
+    message = f"error: {feed._wait_error}" if feed._wait_error is not None else ""
+    try:
+        if feed._wait_error is None:
+            run.wait()
+    except DsJobsError as e:
+        message = f"could not bring the results back: {e}"
+        raise
+    finally:
+        outputs = run.outputs
+        failed = run.failure() if run.execute_result is not None else ""
+        left = [
+            f"{p!r} did not come back: over the size cap" for p in (outputs.files_left if outputs else [])
+        ]
+        view.finished(
+            Summary(
+                status=feed.status,
+                return_code=feed.return_code,
+                duration_s=time.monotonic() - feed._t0,
+                files=([str(outputs.output)] if outputs is not None and outputs.output else [])
+                + [str(p) for p in run.files],
+                message="\n".join(filter(None, [message or failed, *left])),
+            )
+        )
+        view.close()
+    if feed._wait_error is not None:
+        raise feed._wait_error
+    if feed._interrupted and feed.status == "CANCELLED":
+        raise KeyboardInterrupt(f"job {run.job_id} was cancelled")

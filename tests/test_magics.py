@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -778,3 +779,131 @@ def test_a_cell_in_a_real_kernel_records_the_cell_id_its_frontend_sent(
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+# --------------------------------------------------------------------------- %ds_run_notebook
+
+
+def _child_notebook(nb_dir: Path) -> Path:
+    from tests.notebookhelpers import write_notebook
+
+    (nb_dir / "sub").mkdir(exist_ok=True)
+    (nb_dir / "sub" / "rows.csv").write_text("a,b\n1,2\n")
+    return write_notebook(
+        nb_dir / "sub" / "child.ipynb",
+        [
+            ("code", "alpha = 1\nlabel = 'default'\nitems = []", ["parameters"]),
+            ("code", "rows = open('rows.csv').read().splitlines()\nprint('rows', len(rows))"),
+            ("code", "open('report.txt', 'w').write(f'{alpha}|{label}|{items}')\nprint(label, alpha * 2)"),
+            ("code", "import time\ntime.sleep(0.6)\nif alpha < 0:\n    raise ValueError('negative alpha')"),
+        ],
+    )
+
+
+def test_ds_run_notebook_runs_a_notebook_with_parameters_in_the_cell_view(
+    shell: InteractiveShell,
+    magics: DsJobsMagics,
+    notebook_dir: Path,
+    client: JobsClient,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from jupyter_ds_jobs.common.origin import parse_origin
+
+    child = _child_notebook(notebook_dir)
+    shell.user_ns["how_many"] = 3
+    # relative to the driving notebook (not the cwd); split as a shell splits; {var} expanded by IPython
+    line = "sub/child.ipynb -p alpha {how_many} -p label 'two words' -p items '[1, \"x\"]' -o run"
+    assert shell.run_line_magic("ds_run_notebook", line) is None
+    run = shell.user_ns["run"]
+    assert run.status == "SUCCESS" and run.output_path == notebook_dir / "sub" / "child.executed.ipynb"
+    assert (notebook_dir / "sub" / "report.txt").read_text() == "3|two words|[1, 'x']"
+    cells = json.loads(run.output_path.read_text())["cells"]  # (run.notebook imports nbformat: seconds)
+    stdout = ["".join(o["text"]) for c in cells for o in c["outputs"] if o.get("name") == "stdout"]
+    assert stdout == ["rows 2\n", "two words 6\n"]
+    out = capsys.readouterr().out
+    assert "[cell 2] rows 2\n" in out and "[cell 3] two words 6\n" in out  # live, as the job printed them
+    assert "SUCCESS, return code 0" in out and f"files downloaded: {run.output_path}" in out
+    origin = parse_origin(client.get(run.job_id).desc)
+    assert origin is not None and origin.notebook == str(child)
+
+
+def test_ds_run_notebook_async_into_the_widget_and_a_failing_cell(
+    shell: InteractiveShell, magics: DsJobsMagics, notebook_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_ds_jobs.widgets import make_view
+
+    _child_notebook(notebook_dir)
+    views: list[Any] = []
+    progress: list[str] = []
+
+    def recording_view(*args: Any, **kwargs: Any) -> Any:  # the real view, its progress recorded
+        view: Any = make_view(*args, **kwargs)
+        shown = view.progress
+
+        def progress_recorded(message: str, percent: int) -> None:
+            progress.append(message)
+            shown(message, percent)
+
+        view.progress = progress_recorded
+        views.append(view)
+        return view
+
+    monkeypatch.setattr("jupyter_ds_jobs.notebook_magic.make_view", recording_view)
+    monkeypatch.setenv("DS_JOBS_DISPLAY", "widget")
+    late = shell.run_line_magic("ds_run_notebook", "sub/child.ipynb --async --output again.ipynb")
+    assert late.status != "SUCCESS"  # returned at once
+    assert late.wait() == "SUCCESS" and late.ok
+    again = json.loads((notebook_dir / "again.ipynb").read_text())["cells"]
+    assert "".join(again[2]["outputs"][0]["text"]) == "default 2\n"
+    view = views[0]
+    deadline = time.monotonic() + 10
+    while "again.ipynb" not in view.summary_html.value and time.monotonic() < deadline:
+        time.sleep(0.05)  # the watching thread writes the summary once the run is in place
+    assert "again.ipynb" in view.summary_html.value and "[cell 2] rows 2" in view.output.value
+    assert "cell 4 of 4" in progress and view.bar.bar_style == "success"
+
+    monkeypatch.setenv("DS_JOBS_DISPLAY", "text")
+    with pytest.raises(JobFailed, match=r"failed at cell 4: ValueError: negative alpha"):
+        shell.run_line_magic("ds_run_notebook", "sub/child.ipynb -p alpha -1")
+    executed = json.loads((notebook_dir / "sub" / "child.executed.ipynb").read_text())["cells"]
+    errors = [
+        ("".join(c["source"]).splitlines()[-1], o["ename"])
+        for c in executed
+        for o in c.get("outputs", ())
+        if o["output_type"] == "error"
+    ]
+    assert errors == [("    raise ValueError('negative alpha')", "ValueError")]  # where it stopped
+
+
+def test_ds_run_notebook_interrupt_cancels_the_job(
+    shell: InteractiveShell, magics: DsJobsMagics, notebook_dir: Path
+) -> None:
+    from tests.notebookhelpers import write_notebook
+
+    write_notebook(
+        notebook_dir / "slow.ipynb", [("code", "import time\nfor i in range(300):\n    time.sleep(0.1)")]
+    )
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if any(j.status == jobs_pb2.EXECUTING for j in magics.client.list_jobs(limit=1)):  # type: ignore[union-attr]
+                time.sleep(0.3)
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=interrupt, daemon=True)
+    t.start()
+    with pytest.raises(KeyboardInterrupt):
+        shell.run_line_magic("ds_run_notebook", "slow.ipynb")
+    t.join(5)
+    assert next(iter(magics.client.list_jobs(limit=1))).status == jobs_pb2.CANCELLED  # type: ignore[union-attr]
+
+
+def test_ds_run_notebook_help_lists_its_options(magics: DsJobsMagics) -> None:
+    doc = DsJobsMagics.ds_run_notebook.__doc__ or ""
+    for opt in ("-p", "--parameters-file", "--output", "--name", "--desc", "--instance-type", "--requirements",
+                "--pip", "--python", "--file", "--output-file", "--no-output-files", "--env", "--async", "-o",
+                "--endpoint", "--project", "--quiet"):  # fmt: skip
+        assert opt in doc, opt
