@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -108,13 +109,11 @@ def main() -> int:
             str(work / "c.ipynb"),
         ]
         pm = shutil.which("papermill", path=str(Path(sys.executable).parent))
-        env = {"DS_JOBS_STATE_DIR": str(tmp / "state"), "PATH": str(Path(sys.executable).parent)}
-        env.update(
-            {
-                k: v
-                for k, v in __import__("os").environ.items()
-                if k not in env and not k.startswith("DS_JOBS_")
-            }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DS_JOBS_")}
+        env.update(  # the benchmark's server, whatever else runs on this machine
+            DS_JOBS_STATE_DIR=str(tmp / "state"),
+            DS_JOBS_CONFIG=str(tmp / "settings.json"),
+            JUPYTER_RUNTIME_DIR=str(tmp / "state" / "runtime"),
         )
 
         def ours_cli() -> None:
