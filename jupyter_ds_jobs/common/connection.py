@@ -59,6 +59,13 @@ def pid_alive(pid: int) -> bool:
     return pid > 0 and bool(psutil.pid_exists(pid))
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
 @dataclass(frozen=True)
 class ConnectionInfo:
     endpoint: str
@@ -97,7 +104,8 @@ class ConnectionInfo:
             info = cls.read(path)
         except FailedPrecondition:
             return None
-        return info if pid_alive(info.pid) else None
+        # A server that died but was not reaped (its starter, a kernel, lives on) is a zombie: gone.
+        return info if pid_alive(info.pid) and not _zombie(info.pid) else None
 
     def remove_from(self, path: Path) -> None:
         """Remove ``path`` if it still describes this server."""
