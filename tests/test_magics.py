@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -907,3 +908,21 @@ def test_ds_run_notebook_help_lists_its_options(magics: DsJobsMagics) -> None:
                 "--pip", "--python", "--file", "--output-file", "--no-output-files", "--env", "--async", "-o",
                 "--endpoint", "--project", "--quiet"):  # fmt: skip
         assert opt in doc, opt
+
+
+def test_a_read_over_the_file_limit_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    from jupyter_ds_jobs.common.contract import MAX_FILE_BYTES
+
+    (tmp_path / "big").mkdir()
+    for path in (tmp_path / "huge.bin", tmp_path / "big" / "part.bin"):
+        with path.open("wb") as f:
+            f.truncate(MAX_FILE_BYTES + 1)  # sparse: nothing written
+    cases = [("x = 1\ndata = open('huge.bin', 'rb').read()\n", "'huge.bin' (5.0 GiB)", "line 3"),
+             ("names = os.listdir('big')\n", "'big' (over 5.0 GiB)", "line 2")]  # fmt: skip
+    for cell, what, line in cases:
+        with pytest.raises(InvalidArgument, match=re.escape(what) + ".*--no-input-files") as e:
+            build_cell_job(cell, {}, CellJobOptions(base_dir=tmp_path))
+        assert e.value.field == line  # the cell's line (%%ds_job is line 1)
+    cj = build_cell_job(cases[0][0], {}, CellJobOptions(base_dir=tmp_path, read_files=False))
+    cj.cleanup()
+    assert cj.read_files == []

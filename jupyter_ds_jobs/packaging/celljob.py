@@ -368,6 +368,21 @@ def build_cell_job(
     return job
 
 
+def _size_past(path: Path, limit: int) -> int:
+    """The size of a file, or of a directory's files until their sum passes ``limit`` (a directory
+    goes as one ZIP input: one job file)."""
+    if not path.is_dir():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).lstat().st_size
+            if total > limit:
+                return total
+    return total
+
+
 def _found_files(
     source: str,
     namespace: Mapping[str, object],
@@ -393,10 +408,10 @@ def _found_files(
         if taken(path, named_inputs):
             continue
         local = base / path
-        size = local.stat().st_size if local.is_file() else 0
+        size = _size_past(local, MAX_FILE_BYTES)
         if size > MAX_FILE_BYTES:
             raise InvalidArgument(
-                f"the cell reads {path!r} ({cellio._human(size)}), over the job's "
+                f"the cell reads {path!r} ({'over ' if local.is_dir() else ''}{cellio._human(size)}), over the job's "
                 f"{cellio._human(MAX_FILE_BYTES)} file limit; add --no-input-files and read it "
                 "another way (e.g. from the project disk)",
                 field=f"line {refs.lines.get(path, 0) + 1}",
