@@ -50,8 +50,12 @@ def follow(
     stop: threading.Event | None = None,
     give_up_after: float = 300.0,
     on_reconnect: Callable[[int, BaseException], None] | None = None,
+    on_offset: Callable[[int], None] | None = None,
 ) -> int:
     """Deliver every log message from ``offset`` on until the stream ends; return the final offset.
+
+    ``on_offset(offset)`` is called after each batch's messages with the offset after them (a
+    position to resume from exactly; the messages of one batch share it).
 
     ``stop`` ends it early (the current call is cancelled). Errors that are not transient (NOT_FOUND,
     UNAUTHENTICATED, INVALID_ARGUMENT...) raise their :mod:`errors` class at once; transient ones
@@ -88,6 +92,8 @@ def follow(
                         on_message(m)
                     if resp.offset:
                         offset = resp.offset
+                    if on_offset is not None:
+                        on_offset(offset)
                     delay, failing_since = 0.1, None
                 return offset
             except grpc.RpcError as e:
