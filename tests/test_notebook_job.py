@@ -22,6 +22,7 @@ from jupyter_ds_jobs._proto import jobs_pb2, pjs_pb2
 from jupyter_ds_jobs.common.errors import InvalidArgument, JobFailed
 from jupyter_ds_jobs.common.origin import parse_origin
 from jupyter_ds_jobs.core.client import JobsClient
+from jupyter_ds_jobs.notebooks import NotebookRun
 from jupyter_ds_jobs.packaging import nbrunner
 from jupyter_ds_jobs.packaging.nbparams import (
     check_parameters,
@@ -360,6 +361,22 @@ def test_written_files_limit_and_opt_out(server: Any, tmp_path: Path) -> None:
     assert (tmp_path / "w.executed.ipynb").exists() and not (tmp_path / "res" / "small.txt").exists()
 
 
+def test_async_then_attach_from_python(
+    server: Any, client: JobsClient, examples: Path, tmp_path: Path
+) -> None:
+    p = run_cli(
+        cli_env(tmp_path, server), examples, "run-notebook", "report.ipynb", "--async", "-p", "top", "1"
+    )
+    assert p.returncode == 0, p.stderr
+    job_id = p.stdout.strip()
+    assert job_id.startswith("dsj") and not (examples / "report.executed.ipynb").exists()
+    run = NotebookRun.attach(job_id, client=client)
+    assert run.path == examples / "report.ipynb"  # from the job's origin line
+    assert run.wait(60) == "SUCCESS" and run.ok
+    assert run.outputs is not None and run.outputs.output == examples / "report.executed.ipynb"
+    assert (examples / "summary.txt").read_text() == "region=all rows=7 total=58.50\n"
+
+
 def test_embedded_server_started_on_demand(examples: Path, tmp_path: Path) -> None:
     env = cli_env(tmp_path, None)
     try:
@@ -454,9 +471,7 @@ def test_run_notebook_api_failure_and_attach(client: JobsClient, examples: Path)
         "ename": "ZeroDivisionError",
         "evalue": "division by zero",
     }
-    again = jupyter_ds_jobs.notebooks.NotebookRun.attach(
-        run.job_id, client=client, output=examples / "f3.ipynb"
-    )
+    again = NotebookRun.attach(run.job_id, client=client, output=examples / "f3.ipynb")
     again.fetch()
     assert again.status == "ERROR" and again.error == run.error and (examples / "f3.ipynb").exists()
     with pytest.raises(JobFailed, match="failed at cell 3"):
