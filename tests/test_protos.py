@@ -19,8 +19,15 @@ FILES = {
     "pjs": "yandex.cloud.datasphere.v2.jobs.project_job_service_pb2",
     "op": "yandex.cloud.operation.operation_pb2",
     "ops": "yandex.cloud.operation.operation_service_pb2",
+    "iam": "yandex.cloud.iam.v1.iam_token_service_pb2",
 }
-OURS = {"jobs": _proto.jobs_pb2, "pjs": _proto.pjs_pb2, "op": _proto.op_pb2, "ops": _proto.ops_pb2}
+OURS = {
+    "jobs": _proto.jobs_pb2,
+    "pjs": _proto.pjs_pb2,
+    "op": _proto.op_pb2,
+    "ops": _proto.ops_pb2,
+    "iam": _proto.iam_pb2,
+}
 # The legacy RPC from the oldest API doc, which the current SDK no longer has.
 EXTRA_METHODS = {"yandex.cloud.datasphere.v2.jobs.ProjectJobService.Finalize"}
 EXTRA_MESSAGES = {
