@@ -79,7 +79,7 @@ def test_unknown_keys_are_refused_with_the_known_ones(path: Path, key: str) -> N
         Settings.update_file({key: "x"}, path)
     known = str(info.value).split("known: ")[1]
     assert known.split(", ") == [
-        "endpoint", "project", "token", "operation_endpoint",
+        "endpoint", "project", "token", "operation_endpoint", "auth", "yc_profile", "iam_endpoint", "ca_file",
         *(f"defaults.{n}" for n in ("instance_type", "requirements", "python", "graceful_timeout", "data_ttl_days")),
     ]  # fmt: skip
     assert not path.exists()

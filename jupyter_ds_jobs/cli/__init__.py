@@ -11,6 +11,12 @@ none runs). ``--endpoint datasphere`` is DataSphere itself (token from ``YC_IAM_
 
 from __future__ import annotations
 
+import os
+
+# gRPC's own log lines (a failed TLS handshake is logged at INFO) would come before our one-line
+# error: the CLI says what went wrong itself. Set before grpc is first imported.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import signal
 import sys

@@ -42,7 +42,11 @@ def _client(args: argparse.Namespace) -> JobsClient:
     from jupyter_ds_jobs.core.client import JobsClient
 
     return JobsClient.connect(
-        getattr(args, "endpoint", None), getattr(args, "token", None), getattr(args, "project", None)
+        getattr(args, "endpoint", None),
+        getattr(args, "token", None),
+        getattr(args, "project", None),
+        ca_file=getattr(args, "ca_file", None),
+        yc_profile=getattr(args, "yc_profile", None),
     )
 
 

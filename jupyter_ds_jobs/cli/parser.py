@@ -24,7 +24,7 @@ from jupyter_ds_jobs.cli.commands import (
     cmd_set_data_ttl,
 )
 from jupyter_ds_jobs.cli.notebooks import cmd_convert, cmd_run_notebook
-from jupyter_ds_jobs.cli.server import cmd_server, cmd_server_status, cmd_server_stop
+from jupyter_ds_jobs.cli.server import cmd_auth_status, cmd_server, cmd_server_status, cmd_server_stop
 
 __all__ = ["build_parser"]
 
@@ -37,6 +37,15 @@ def _common(p: argparse.ArgumentParser, project: bool = True) -> None:
         help="job server host:port, or 'datasphere' (default: DS_JOBS_ENDPOINT, settings, else the local server)",
     )
     g.add_argument("--token", default=None, help="bearer token (default: DS_JOBS_TOKEN or settings)")
+    g.add_argument(
+        "--ca-file",
+        default=None,
+        metavar="PEM",
+        help="CA trusted beside the system roots for a TLS job server (default: DS_JOBS_CA_FILE, settings)",
+    )
+    g.add_argument(
+        "--yc-profile", default=None, metavar="P", help="the `yc` profile DataSphere sign-in may use"
+    )
     if project:
         g.add_argument(
             "-p",
@@ -176,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate_requirements)
 
     _add_notebooks(sub)
+    p = sub.add_parser(
+        "auth",
+        help="DataSphere sign-in",
+        description="'auth status' says which source signs in to DataSphere (YC_IAM_TOKEN, an OAuth token, "
+        "the compute metadata service or yc, in the official CLI's order) and when its token is renewed. "
+        "No token is shown.",
+    )
+    asub = p.add_subparsers(dest="auth_command", metavar="{status}", required=True)
+    st = asub.add_parser("status", help="which source signs in, and until when", description="See 'auth'.")
+    st.add_argument("--yc-profile", default=None, metavar="P", help="the `yc` profile to use")
+    st.add_argument("--auth", default=None, metavar="ORDER", help="sources to try, e.g. oauth,md,yc")
+    st.set_defaults(func=cmd_auth_status)
+
     _add_server(sub)
     return parser
 
@@ -244,6 +266,21 @@ def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="start every cell job as a new Python instead of forking a warm interpreter",
     )
     _add_isolation(p)
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="serve gRPC and job files over TLS with this certificate chain (with --tls-key)",
+    )
+    p.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="the certificate's private key")
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="the CA that signed it, recorded in the connection file for local clients",
+    )
     p.set_defaults(func=cmd_server)
     ssub = p.add_subparsers(dest="server_command", metavar="{status,stop}")
     st = ssub.add_parser(

@@ -57,6 +57,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         isolation=Isolation(isolation),
         run_as=args.run_as,
         sandbox_read=tuple(args.sandbox_read),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
     )
     return run_server(opts)
 
@@ -76,7 +79,9 @@ def cmd_server_status(args: argparse.Namespace) -> int:
         print("no local job server is running", file=sys.stderr)
         return 1
     counts: dict[str, int] = {}
-    with JobsClient(info.endpoint, info.token, project_id="") as client:
+    with JobsClient(
+        info.endpoint, info.token, tls=info.tls, ca_file=info.ca_file or None, project_id=""
+    ) as client:
         for job in client.list_jobs(project_id="", limit=10_000):
             counts[status_name(job.status)] = counts.get(status_name(job.status), 0) + 1
     data = {
@@ -86,6 +91,7 @@ def cmd_server_status(args: argparse.Namespace) -> int:
         "state_dir": info.state_dir,
         "version": info.version,
         "isolation": info.isolation or "unknown (a server before isolation)",
+        "tls": "yes" + (f" (CA {info.ca_file})" if info.ca_file else "") if info.tls else "no",
         "jobs": counts,
     }
     if args.format == "json":
@@ -107,4 +113,14 @@ def cmd_server_stop(args: argparse.Namespace) -> int:
     if not stop_server(info, timeout=args.timeout):
         raise DsJobsError(f"the job server (pid {info.pid}) did not stop within {args.timeout:g}s")
     print(f"stopped the job server (pid {info.pid})", file=sys.stderr)
+    return 0
+
+
+def cmd_auth_status(args: argparse.Namespace) -> int:
+    """Which source signs in to DataSphere and when its token is renewed (never the token)."""
+    from jupyter_ds_jobs.core.config import Settings
+    from jupyter_ds_jobs.core.connecting import credentials_from
+
+    creds = credentials_from(Settings.load(), yc_profile=args.yc_profile, auth=args.auth)
+    print(creds.status().line())
     return 0

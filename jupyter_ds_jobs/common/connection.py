@@ -75,6 +75,10 @@ class ConnectionInfo:
     state_dir: str
     version: str = ""
     isolation: str = ""
+    #: The server speaks TLS (gRPC and its HTTP file endpoint); ``ca_file`` is the PEM CA that
+    #: signed its certificate when the operator gave one (clients trust it beside the system roots).
+    tls: bool = False
+    ca_file: str = ""
 
     def write(self, path: Path) -> None:
         """Write atomically with mode 0600."""
@@ -90,7 +94,8 @@ class ConnectionInfo:
         try:
             data = json.loads(path.read_text())
             return cls(**{k: data[k] for k in ("endpoint", "http_url", "token", "pid", "state_dir")},
-                       version=data.get("version", ""), isolation=data.get("isolation", ""))  # fmt: skip
+                       version=data.get("version", ""), isolation=data.get("isolation", ""),
+                       tls=bool(data.get("tls", False)), ca_file=str(data.get("ca_file") or ""))  # fmt: skip
         except FileNotFoundError:
             raise FailedPrecondition(f"no job server connection file at {path}") from None
         except (ValueError, KeyError, TypeError) as e:

@@ -19,13 +19,12 @@ are the classes of :mod:`jupyter_ds_jobs.common.errors`. Imports nothing from IP
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -43,6 +42,7 @@ from jupyter_ds_jobs.common.errors import (
 )
 from jupyter_ds_jobs.core import transfer
 from jupyter_ds_jobs.core.config import Settings
+from jupyter_ds_jobs.core.credentials import Credentials
 from jupyter_ds_jobs.core.endpoints import (
     DATASPHERE_ENDPOINT,
     DATASPHERE_OPERATION_ENDPOINT,
@@ -52,7 +52,9 @@ from jupyter_ds_jobs.core.endpoints import (
 )
 from jupyter_ds_jobs.core.jobfiles import download_storage_files, local_target, upload_requested
 from jupyter_ds_jobs.core.logfollow import LogFollower, OnMessage, OpenStream, follow
-from jupyter_ds_jobs.core.results import CreateStats, ExecuteResult
+from jupyter_ds_jobs.core.results import CreateStats, ExecuteResult, JobSource
+from jupyter_ds_jobs.core.tls import describe_tls_failure
+from jupyter_ds_jobs.core.tls import root_certificates as tls_roots
 from jupyter_ds_jobs.core.transfer import LocalFile, PreparedFile, ProgressCallback, TransferProgress
 
 __all__ = [
@@ -74,18 +76,6 @@ STREAM_TIMEOUT = 3600.0
 _R = TypeVar("_R")
 
 
-class JobSource(Protocol):
-    """What :meth:`JobsClient.create_from_spec` takes: a job built elsewhere (a parsed
-    ``config.yaml``, :class:`jupyter_ds_jobs.packaging.jobspec.JobSpec`)."""
-
-    name: str
-    desc: str
-    config_text: str
-    params: jobs_pb2.JobParameters
-    inputs: list[LocalFile]
-    local_modules: list[LocalFile]
-
-
 class JobsClient:
     """A client of ``ProjectJobService`` and ``OperationService``.
 
@@ -103,6 +93,8 @@ class JobsClient:
         operation_endpoint: str | None = None,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        ca_file: Path | str | None = None,
+        credentials: Credentials | None = None,
         project_id: str = "local",
         timeout: float = 30.0,
         retry_seconds: float = 8.0,
@@ -121,9 +113,15 @@ class JobsClient:
         self.local_blobs = local_blobs
         self.last_create: CreateStats | None = None
         md = [("x-client-version", f"jupyter_ds_jobs/{__version__}")]
-        if token:
+        if token and credentials is None:
             md.insert(0, ("authorization", f"Bearer {token}"))
         self._md: list[tuple[str, str]] = md
+        #: Where the bearer token comes from when it is not a fixed one (DataSphere's IAM tokens).
+        self.credentials = credentials
+        self.ca_file = Path(ca_file).expanduser() if ca_file else None
+        if self.ca_file is not None:
+            root_certificates = root_certificates or tls_roots(self.ca_file)
+            transfer.trust_ca_file(self.ca_file)
         self._channel = make_channel(target, tls=self.tls, root_certificates=root_certificates)
         if operation_endpoint:
             op_target, op_tls = parse_endpoint(operation_endpoint)
@@ -148,57 +146,38 @@ class JobsClient:
         start: bool = True,
         settings: Settings | None = None,
         state_dir: Path | None = None,
+        ca_file: Path | str | None = None,
+        yc_profile: str | None = None,
     ) -> JobsClient:
         """A client by precedence: arguments > ``DS_JOBS_*`` env / settings file > the embedded server.
 
         ``endpoint="datasphere"`` means :meth:`datasphere`. With no endpoint at all, the local
         server of ``state_dir`` (default state dir) is found, or started detached when ``start``.
-        Without a scheme, TLS is used for every host but loopback.
+        Without a scheme, TLS is used for every host but loopback; a TLS server's certificate is
+        checked against the system roots plus ``ca_file`` (``DS_JOBS_CA_FILE``, the settings).
         """
-        s = settings if settings is not None else Settings.load()
-        ep = endpoint or s.endpoint
-        tok = token or s.token
-        project = project_id or s.project
-        if ep == "datasphere":
-            return cls.datasphere(tok, project or "")
-        if ep:
-            target, scheme_tls = parse_endpoint(ep)
-            tls = scheme_tls if scheme_tls is not None else not is_loopback(target)
-            return cls(
-                ep,
-                tok,
-                operation_endpoint=s.operation_endpoint or None,
-                tls=tls,
-                project_id=project or "local",
-            )
-        from jupyter_ds_jobs.core.embedded import ensure_server, find_server
+        from jupyter_ds_jobs.core.connecting import connect
 
-        info = ensure_server(state_dir) if start else find_server(state_dir)
-        if info is None:
-            raise Unavailable("no local job server is running; start one with `jupyter ds-jobs server`")
-        return cls(
-            info.endpoint,
-            info.token,
-            project_id=project or "local",
-            local_blobs=Path(info.state_dir) / "blobs",
-        )
+        return connect(cls, endpoint, token, project_id, start=start, settings=settings,
+                       state_dir=state_dir, ca_file=ca_file, yc_profile=yc_profile)  # fmt: skip
 
     @classmethod
-    def datasphere(cls, token: str | None = None, project_id: str = "") -> JobsClient:
-        """DataSphere itself: TLS, jobs and operations on their public endpoints, an IAM token
-        from ``token``, ``YC_IAM_TOKEN`` or the settings."""
-        tok = token or os.environ.get("YC_IAM_TOKEN") or Settings.load().token
-        if not tok:
-            raise Unauthenticated(
-                "DataSphere needs an IAM token: set YC_IAM_TOKEN (yc iam create-token) or pass a token"
-            )
-        return cls(
-            DATASPHERE_ENDPOINT,
-            tok,
-            operation_endpoint=DATASPHERE_OPERATION_ENDPOINT,
-            tls=True,
-            project_id=project_id,
-        )
+    def datasphere(
+        cls,
+        token: str | None = None,
+        project_id: str = "",
+        *,
+        settings: Settings | None = None,
+        yc_profile: str | None = None,
+        auth: str | None = None,
+    ) -> JobsClient:
+        """DataSphere itself: TLS, jobs and operations on their public endpoints, and an IAM token
+        from ``token`` or the official CLI's sources in its order (``YC_IAM_TOKEN``, an OAuth token
+        in ``YC_TOKEN`` / ``YC_OAUTH_TOKEN``, the compute metadata service, ``yc``; see
+        :mod:`jupyter_ds_jobs.core.credentials`), refreshed before it expires."""
+        from jupyter_ds_jobs.core.connecting import datasphere
+
+        return datasphere(cls, token, project_id, settings=settings, yc_profile=yc_profile, auth=auth)
 
     def close(self) -> None:
         self._channel.close()
@@ -212,27 +191,53 @@ class JobsClient:
         self.close()
 
     # -- plumbing ---------------------------------------------------------------------
+    def _metadata(self) -> list[tuple[str, str]]:
+        """The call metadata: the bearer token (a fresh one from the credentials, when there are
+        some) and ``x-client-version``."""
+        if self.credentials is None:
+            return self._md
+        return [self.credentials.authorization(), *self._md]
+
     def _rpc(self, method: Callable[..., _R], request: Message, *, timeout: float | None = None) -> _R:
-        """One unary call with a deadline, retried on UNAVAILABLE with backoff."""
+        """One unary call with a deadline, retried on UNAVAILABLE with backoff, and once with a new
+        token after UNAUTHENTICATED when the token can be renewed."""
         delay = 0.05
         deadline = time.monotonic() + self.retry_seconds
+        renewed = False
         while True:
             try:
-                return method(request, metadata=self._md, timeout=timeout or self.timeout)
+                return method(request, metadata=self._metadata(), timeout=timeout or self.timeout)
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
                 if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() + delay < deadline:
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
+                if code == grpc.StatusCode.UNAUTHENTICATED and self.credentials is not None and not renewed:
+                    renewed = True
+                    if self.credentials.invalidate():
+                        continue
                 err = from_rpc_error(e)
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    raise self._refused(err) from None
                 if code == grpc.StatusCode.UNAVAILABLE:
-                    raise Unavailable(f"cannot reach the job server at {self.endpoint}: {err}") from None
+                    tls = describe_tls_failure(self.endpoint, self.ca_file, str(err)) if self.tls else None
+                    raise Unavailable(
+                        tls or f"cannot reach the job server at {self.endpoint}: {err}"
+                    ) from None
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise Unavailable(
                         f"the job server at {self.endpoint} did not answer within {timeout or self.timeout:g}s"
                     ) from None
                 raise err from None
+
+    def _refused(self, err: DsJobsError) -> Unauthenticated:
+        if self.credentials is not None:
+            return Unauthenticated(
+                f"{self.endpoint} refused the IAM token from {self.credentials.source or 'the credentials'} "
+                f"({err}): {self.credentials.renew_hint()}"
+            )
+        return Unauthenticated(f"{self.endpoint} refused the token ({err}): check --token / DS_JOBS_TOKEN")
 
     def _project(self, project_id: str | None) -> str:
         if project_id is not None:
@@ -486,7 +491,7 @@ class JobsClient:
     def _log_stream(self, job_id: str) -> OpenStream:
         def open_stream(offset: int) -> Any:
             req = pjs_pb2.ReadProjectJobLogsRequest(job_id=job_id, offset=offset)
-            return self._jobs.ReadLogs(req, metadata=self._md, timeout=STREAM_TIMEOUT)
+            return self._jobs.ReadLogs(req, metadata=self._metadata(), timeout=STREAM_TIMEOUT)
 
         return open_stream
 

@@ -34,8 +34,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from jupyter_core.paths import jupyter_config_dir
+
 from jupyter_ds_jobs.common.contract import INSTANCE_TYPES
-from jupyter_ds_jobs.common.errors import InvalidArgument
+from jupyter_ds_jobs.common.errors import DsJobsError, InvalidArgument
 
 __all__ = ["ENV_ENDPOINT", "ENV_PROJECT", "ENV_TOKEN", "Defaults", "Settings", "settings_path"]
 
@@ -55,12 +57,7 @@ def settings_path() -> Path:
     env = os.environ.get(ENV_CONFIG)
     if env:
         return Path(env)
-    try:
-        from jupyter_core.paths import jupyter_config_dir
-
-        return Path(jupyter_config_dir()) / FILE_NAME
-    except ImportError:  # pragma: no cover - jupyter_core comes with nbformat
-        return Path.home() / ".jupyter" / FILE_NAME
+    return Path(jupyter_config_dir()) / FILE_NAME
 
 
 # --------------------------------------------------------------------------- value checks
@@ -219,12 +216,12 @@ class Defaults:
 
 
 #: Top-level keys whose value is a string; an empty one means "not set".
-_TEXT_KEYS = ("endpoint", "project", "operation_endpoint")
+_TEXT_KEYS = ("endpoint", "project", "operation_endpoint", "auth", "yc_profile", "iam_endpoint", "ca_file")
 
 
 def _known_keys() -> str:
     return ", ".join(
-        ["endpoint", "project", "token", "operation_endpoint", *(f"defaults.{k}" for k in Defaults.known())]
+        ["endpoint", "project", "token", *_TEXT_KEYS[2:], *(f"defaults.{k}" for k in Defaults.known())]
     )
 
 
@@ -257,6 +254,13 @@ def _assign(data: dict[str, object], key: str, value: str) -> None:
             data["defaults"] = d
             return
     elif key in _TEXT_KEYS:
+        if key == "auth" and value.strip():
+            from jupyter_ds_jobs.core.credentials import parse_order
+
+            try:
+                value = ",".join(m.value for m in parse_order(value))
+            except DsJobsError as e:
+                raise InvalidArgument(str(e), field=key) from None
         data[key] = value
         return
     elif key == "token":
@@ -273,6 +277,13 @@ class Settings:
     project: str = ""
     token: str | None = None
     operation_endpoint: str = ""
+    #: DataSphere sign-in: the order of the sources after YC_IAM_TOKEN ("oauth,md,yc", the
+    #: official CLI's), the `yc` profile, and the IAM token service (default: Yandex Cloud's).
+    auth: str = ""
+    yc_profile: str = ""
+    iam_endpoint: str = ""
+    #: A PEM CA trusted beside the system roots for TLS job servers (``DS_JOBS_CA_FILE`` wins).
+    ca_file: str = ""
     defaults: Defaults = field(default_factory=Defaults)
 
     @classmethod
@@ -335,13 +346,10 @@ class Settings:
         return s.save(p)
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "endpoint": self.endpoint,
-            "project": self.project,
-            "token": self.token,
-            "operation_endpoint": self.operation_endpoint,
-            "defaults": self.defaults.to_json(),
-        }
+        out: dict[str, object] = {key: getattr(self, key) for key in _TEXT_KEYS}
+        out["token"] = self.token
+        out["defaults"] = self.defaults.to_json()
+        return out
 
     def save(self, path: Path | None = None) -> Path:
         """Write atomically, mode 0600; return the path."""

@@ -5,11 +5,13 @@ an Execute operation (:class:`ExecuteResult`) and the numbers of a create or clo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from jupyter_ds_jobs._proto import jobs_pb2, op_pb2
 from jupyter_ds_jobs.common.contract import status_name
+from jupyter_ds_jobs.core.transfer import LocalFile
 
-__all__ = ["CreateStats", "ExecuteResult"]
+__all__ = ["CreateStats", "ExecuteResult", "JobSource"]
 
 
 @dataclass
@@ -50,3 +52,15 @@ class CreateStats:
     prepare_seconds: float = 0.0
     upload_seconds: float = 0.0
     total_seconds: float = 0.0
+
+
+class JobSource(Protocol):
+    """What :meth:`JobsClient.create_from_spec` takes: a job built elsewhere (a parsed
+    ``config.yaml``, :class:`jupyter_ds_jobs.packaging.jobspec.JobSpec`)."""
+
+    name: str
+    desc: str
+    config_text: str
+    params: jobs_pb2.JobParameters
+    inputs: list[LocalFile]
+    local_modules: list[LocalFile]

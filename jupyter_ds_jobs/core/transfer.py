@@ -45,6 +45,7 @@ from jupyter_ds_jobs.common.errors import (
     Unavailable,
     from_http,
 )
+from jupyter_ds_jobs.core.tls import ssl_context
 
 __all__ = [
     "LocalFile",
@@ -55,6 +56,7 @@ __all__ = [
     "download_url",
     "hash_cache",
     "prepare_files",
+    "trust_ca_file",
     "upload_files",
 ]
 
@@ -306,16 +308,41 @@ def prepare_files(
 # --------------------------------------------------------------------------- HTTP
 
 
+_trusted_cas: list[Path] = []
+_https: ssl.SSLContext | None = None
+_https_lock = threading.Lock()
+
+
+def trust_ca_file(ca_file: Path) -> None:
+    """Trust ``ca_file`` (PEM) beside the system's roots for this process's HTTPS transfers
+    (a job server behind a private CA signs its URLs with that server's certificate)."""
+    global _https
+    path = Path(ca_file).expanduser().resolve()
+    with _https_lock:
+        if path not in _trusted_cas:
+            ssl_context(path)  # a clear error for a bad file, before it is kept
+            _trusted_cas.append(path)
+            _https = None
+
+
+def _https_context() -> ssl.SSLContext:
+    global _https
+    with _https_lock:
+        if _https is None:
+            ctx = ssl_context(None)
+            for ca in _trusted_cas:
+                ctx.load_verify_locations(cafile=str(ca))
+            _https = ctx
+        return _https
+
+
 def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
     parts = urlsplit(url)
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
     if parts.scheme == "https":
-        return (
-            http.client.HTTPSConnection(parts.netloc, timeout=timeout, context=ssl.create_default_context()),
-            target,
-        )
+        return http.client.HTTPSConnection(parts.netloc, timeout=timeout, context=_https_context()), target
     if parts.scheme == "http":
         return http.client.HTTPConnection(parts.netloc, timeout=timeout), target
     raise InvalidArgument(f"unsupported URL scheme {parts.scheme!r} in {url[:80]}")

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,6 +33,7 @@ from jupyter_ds_jobs.common.connection import (
     default_state_dir,
     runtime_dir,
 )
+from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.executors import LocalExecutor, ZygoteExecutor
 from jupyter_ds_jobs.server.http import make_http_server
@@ -74,6 +76,11 @@ class ServerOptions:
     isolation: Isolation = Isolation.AUTO  # how jobs are confined (see sandbox.py)
     run_as: str | None = None  # a root server runs its jobs as this user
     sandbox_read: tuple[str, ...] = ()  # more paths sandboxed jobs may read
+    #: TLS for gRPC and the HTTP file endpoint (both or neither): a PEM certificate chain and its
+    #: key; ``tls_ca`` is the CA clients should trust, recorded in the connection file.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
 
 class JobServer:
@@ -149,18 +156,20 @@ class JobServer:
         ps_grpc.add_ProjectServiceServicer_to_server(ProjectService(self.store), server)
         host = self.opts.host
         bind = f"[{host}]" if ":" in host else host
-        port = server.add_insecure_port(f"{bind}:{self.opts.port}")
+        tls = _tls_credentials(self.opts)
+        address = f"{bind}:{self.opts.port}"
+        port = server.add_secure_port(address, tls[0]) if tls else server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{self.opts.port}")
         await server.start()
         self._grpc = server
-        self._http = make_http_server(self.blobs)
+        self._http = make_http_server(self.blobs, ssl_options=tls[1] if tls else None)
         sockets = _bind_tcp(host, self.opts.http_port)
         self._http.add_sockets(sockets)
         http_port = sockets[0].getsockname()[1]
         public = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()
         pub = f"[{public}]" if ":" in public else public
-        http_url = f"http://{pub}:{http_port}"
+        http_url = f"{'https' if tls else 'http'}://{pub}:{http_port}"
         self.blobs.base_url = http_url
         self.info = ConnectionInfo(
             endpoint=f"{pub}:{port}",
@@ -170,6 +179,8 @@ class JobServer:
             state_dir=str(self.state_dir),
             version=__version__,
             isolation=self.sandbox.describe(),
+            tls=tls is not None,
+            ca_file=str(Path(self.opts.tls_ca).expanduser().resolve()) if tls and self.opts.tls_ca else "",
         )
         self.info.write(self.state_dir / CONNECTION_FILE_NAME)
         if self.opts.write_runtime_file:
@@ -255,6 +266,24 @@ def _log_isolation(sandbox: Sandbox) -> None:
     elif os.geteuid() == 0 and sandbox.run_as is None:
         log.warning("the server runs as root, and so do its jobs (without capabilities); "
                     "--run-as USER runs them as an unprivileged user")  # fmt: skip
+
+
+def _tls_credentials(opts: ServerOptions) -> tuple[grpc.ServerCredentials, ssl.SSLContext] | None:
+    """gRPC server credentials and the HTTPS context from ``--tls-cert`` / ``--tls-key``."""
+    if opts.tls_cert is None and opts.tls_key is None:
+        return None
+    if opts.tls_cert is None or opts.tls_key is None:
+        raise InvalidArgument("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+    cert, key = Path(opts.tls_cert).expanduser(), Path(opts.tls_key).expanduser()
+    try:
+        chain, private = cert.read_bytes(), key.read_bytes()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(cert), str(key))
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {e.filename or cert}: {e.strerror or e}") from None
+    except ssl.SSLError as e:
+        raise InvalidArgument(f"{cert} and {key} are not a PEM certificate and its key: {e}") from None
+    return grpc.ssl_server_credentials([(private, chain)]), ctx
 
 
 def _bind_tcp(host: str, port: int) -> list[socket.socket]:

@@ -8,6 +8,7 @@ name: nothing reads a file to version it.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Generator
 from typing import Any
 
@@ -130,11 +131,16 @@ class HealthHandler(tornado.web.RequestHandler):
         self.finish({"status": "ok"})
 
 
-def make_http_server(store: BlobStore) -> tornado.httpserver.HTTPServer:
+def make_http_server(
+    store: BlobStore, *, ssl_options: ssl.SSLContext | None = None
+) -> tornado.httpserver.HTTPServer:
+    """The file endpoint (signed blob PUT / GET, ``/health``); HTTPS with ``ssl_options``."""
     app = tornado.web.Application(
         [
             (r"/blobs/([^/?]+)", BlobHandler, {"store": store}),
             (r"/health", HealthHandler),
         ],
     )
-    return tornado.httpserver.HTTPServer(app, max_body_size=6 * 2**30, idle_connection_timeout=300)
+    return tornado.httpserver.HTTPServer(
+        app, max_body_size=6 * 2**30, idle_connection_timeout=300, ssl_options=ssl_options
+    )
