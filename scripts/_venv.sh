@@ -36,3 +36,15 @@ ensure_chromium() {
       "install chromium (apt-get install -y chromium) or set DS_JOBS_SKIP_BROWSER_TESTS=1" >&2
   fi
 }
+
+# The official DataSphere CLI's wheel, for the test that compares its channel and sign-in
+# metadata with ours (tests/test_official_cli.py). Fetched at set-up; the tests run offline.
+# It is not installed: its dependencies would pin packages below ours.
+OFFICIAL_CLI_WHEEL_DIR=.cache/official-cli
+ensure_official_cli() {
+  local dir=$OFFICIAL_CLI_WHEEL_DIR
+  ls "$dir"/datasphere-0.10.0-*.whl >/dev/null 2>&1 && return 0
+  echo "==> fetching the official datasphere CLI wheel (0.10.0) for the comparison test"
+  "$1" -m pip download -q --disable-pip-version-check --no-deps -d "$dir" "datasphere==0.10.0" 2>&1 \
+    | grep -v "^WARNING: Location" || true
+}
