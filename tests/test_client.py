@@ -450,15 +450,22 @@ def test_unreachable_server_is_retried_then_one_clear_error() -> None:
     c.close()
 
 
-def test_datasphere_profile_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("YC_IAM_TOKEN", raising=False)
-    with pytest.raises(Unauthenticated, match="YC_IAM_TOKEN"):
-        JobsClient.datasphere()
+def test_datasphere_profile_needs_a_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("YC_IAM_TOKEN", "YC_TOKEN", "YC_OAUTH_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("YC_METADATA_ADDR", "127.0.0.1:9")  # no metadata service
+    monkeypatch.setenv("PATH", str(tmp_path))  # no yc
+    monkeypatch.setenv("DS_JOBS_CONFIG", str(tmp_path / "settings.json"))
+    c = JobsClient.datasphere()
+    with pytest.raises(Unauthenticated, match="no IAM token in YC_IAM_TOKEN, no OAuth token"):
+        c._metadata()  # the token is made for the first call
+    c.close()
     monkeypatch.setenv("YC_IAM_TOKEN", "iam")
     c = JobsClient.datasphere(project_id="bt1")
     assert c.endpoint == "datasphere.api.cloud.yandex.net:443" and c.tls
     assert c.operation_endpoint == "operation.api.cloud.yandex.net:443"
-    assert ("authorization", "Bearer iam") in c._md and any(k == "x-client-version" for k, _ in c._md)
+    md = c._metadata()
+    assert ("authorization", "Bearer iam") in md and any(k == "x-client-version" for k, _ in md)
     c.close()
 
 
