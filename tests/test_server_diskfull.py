@@ -220,12 +220,6 @@ def _server_process(state: Path, fsize_limit: int | None = None) -> Iterator[Api
         stderr.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="logs.JobLog.write raises ENOSPC into the output pump (runtime._run's sink): the pump "
-    "dies, the job blocks on its full stdout pipe and never ends; the fix belongs to logs.py and the sink",
-)
 def test_a_disk_that_fills_while_the_job_writes_its_log_ends_the_job_in_error(small_disk: Path) -> None:
     state = small_disk / "state"
     with _server_process(state) as api:  # a process of its own: the stuck job dies with it

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -50,25 +52,47 @@ class JobLog:
         directory.mkdir(parents=True, exist_ok=True)
         self.dir = directory
         self.stream_path = directory / "stream.bin"
-        self._stream: BinaryIO = open(self.stream_path, "ab")  # noqa: SIM115 - closed in close()
+        # Unbuffered: a record is written in one call, so a failed write leaves nothing queued.
+        self._stream: BinaryIO = open(self.stream_path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
         self._plain: dict[int, BinaryIO] = {}
         self._changed = asyncio.Event()
         self.finished = False
+        #: Why the log could not be written (the disk is full...); later writes are dropped, so the
+        #: job's output pipes are still drained and the job runs to its end.
+        self.failed: str | None = None
+        self._good = self._stream.seek(0, os.SEEK_END)  # the end of the last whole record
 
     def write(self, source: int, content: bytes, path: str = "") -> None:
-        if not content or self._stream.closed:
+        if not content or self._stream.closed or self.failed is not None:
             return
         p = path.encode()
-        self._stream.write(HEADER.pack(MAGIC, source, time.time(), len(content), len(p)) + p + content)
-        self._stream.flush()
-        if source in (SOURCE_OUT, SOURCE_ERR):
-            f = self._plain.get(source)
-            if f is None:
-                name = "stdout.log" if source == SOURCE_OUT else "stderr.log"
-                f = self._plain[source] = open(self.dir / name, "ab")  # noqa: SIM115
-            f.write(content)
-            f.flush()
+        record = HEADER.pack(MAGIC, source, time.time(), len(content), len(p)) + p + content
+        try:
+            _write_all(self._stream, record)
+            self._good += len(record)
+            if source in (SOURCE_OUT, SOURCE_ERR):
+                f = self._plain.get(source)
+                if f is None:
+                    name = "stdout.log" if source == SOURCE_OUT else "stderr.log"
+                    f = self._plain[source] = open(self.dir / name, "ab", buffering=0)  # noqa: SIM115
+                _write_all(f, content)
+        except OSError as e:
+            self._fail(e)
         self._wake()
+
+    def _fail(self, e: OSError) -> None:
+        """Stop writing: cut the record stream back to its last whole record (readers never see
+        half a record), drop the plain ``stdout.log`` / ``stderr.log`` copies (the stream holds the
+        same bytes; removing them gives the server room to record the job's end) and say why."""
+        self.failed = f"could not write the job's log into the server's state dir: {e.strerror or e}"
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._stream.fileno(), self._good)
+        for source, f in list(self._plain.items()):
+            f.close()
+            del self._plain[source]
+        for name in ("stdout.log", "stderr.log"):
+            with contextlib.suppress(OSError):
+                (self.dir / name).unlink()
 
     def system(self, message: str) -> None:
         """A line of the ``.system.log`` stream."""
@@ -93,6 +117,16 @@ class JobLog:
         for f in self._plain.values():
             f.close()
         self._plain.clear()
+
+
+def _write_all(f: BinaryIO, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file; a short write (a full disk) is an OSError."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
 
 
 class LogStore:

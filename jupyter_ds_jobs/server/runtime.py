@@ -342,6 +342,8 @@ class JobManager:
         self._progress(job.id, "collecting outputs", 95)
         errors, full = await self._collect_outputs(job, workdir, jl)
         full += await self._collect_logs(job.id, jl)
+        if jl.failed is not None:
+            full.append(jl.failed)
 
         def finished(j: jobs_pb2.Job) -> None:
             self._record_files(j)
