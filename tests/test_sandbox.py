@@ -301,6 +301,23 @@ def test_a_sandboxed_job_sees_the_environment_and_signals_of_an_unconfined_one(
     assert "TMPDIR=BASE/state/tmp/JOB." in seen[isolation]
 
 
+def test_a_granted_path_above_the_state_dir_grants_all_but_the_state_dir(base: Path) -> None:
+    """``--sandbox-read`` of the dir holding the state dir: its other contents are readable,
+    the state dir is not."""
+    (base / "shared").mkdir()
+    (base / "shared" / "data.txt").write_text("shared data\n")
+    s = _serve(base, "auto", sandbox_read=(str(base),))
+    try:
+        if s.isolation.startswith(("permissions", "none")):
+            pytest.skip(f"no sandbox on this machine ({s.isolation})")
+        cmd = f"cat {base}/shared/data.txt; cat {s.state}/secret.key || echo refused"
+        job_id = s.api.create(cmd)
+        s.api.run(job_id)
+        assert s.stdout(job_id) == b"shared data\nrefused\n"
+    finally:
+        s.thread.stop()
+
+
 def test_the_state_dir_layout_and_modes(base: Path) -> None:
     s = _serve(base, "auto")
     try:

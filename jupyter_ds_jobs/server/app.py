@@ -102,7 +102,8 @@ class JobServer:
             Isolation(self.opts.isolation),
             tmp_root=sd / "tmp",
             protected=[sd, runtime_dir()],
-            read_only=[sd / "envs", *map(Path, self.opts.sandbox_read)],
+            read_only=[Path(p) for p in self.opts.sandbox_read],
+            cache_dirs=[sd / "envs"],
             run_as=run_as,
         )
         self.store = Store(sd / "jobs.sqlite")

@@ -230,6 +230,7 @@ class Sandbox:
     tmp_root: Path
     protected: tuple[str, ...] = ()
     read_only: tuple[str, ...] = ()
+    cache_dirs: tuple[str, ...] = ()
     run_as: RunAs | None = None
     landlock_abi: int = 0
     fallback_reasons: dict[str, str] = field(default_factory=dict)
@@ -242,10 +243,13 @@ class Sandbox:
         tmp_root: Path,
         protected: Sequence[Path] = (),
         read_only: Sequence[Path] = (),
+        cache_dirs: Sequence[Path] = (),
         run_as: RunAs | None = None,
     ) -> Sandbox:
         """The mode ``requested`` (the strongest that works for ``auto``), or FailedPrecondition
-        saying why the host cannot give it."""
+        saying why the host cannot give it. Jobs never read ``protected`` dirs, however the
+        ``read_only`` paths (the operator's extras) reach them, except ``cache_dirs`` inside
+        them (the environment cache)."""
         if requested is Isolation.NONE and run_as is not None:
             raise InvalidArgument("--run-as needs an isolation mode other than none", field="run_as")
         if run_as is not None and (blocked := run_as.can_reach(tmp_root)):
@@ -266,7 +270,8 @@ class Sandbox:
         else:
             mode = requested
         real = tuple(os.path.realpath(p) for p in protected)
-        return cls(mode, tmp_root, real, tuple(str(p) for p in read_only), run_as, abi, reasons)
+        extra, caches = tuple(map(str, read_only)), tuple(map(str, cache_dirs))
+        return cls(mode, tmp_root, real, extra, caches, run_as, abi, reasons)
 
     def describe(self) -> str:
         """``landlock (ABI 7)``, ``namespaces``, ...; with ``, jobs run as USER``."""
@@ -289,7 +294,7 @@ class Sandbox:
             paths.append(prefix)
         for python in discover_pythons(os.environ).values():
             paths += _python_prefix(python)
-        return tuple(paths)
+        return (*paths, *self.read_only)
 
     def _read_only(self, env: Mapping[str, str]) -> list[str]:
         paths = list(self._static_read_only)
@@ -303,8 +308,8 @@ class Sandbox:
             paths.append(env["VIRTUAL_ENV"])
         real = {p: os.path.realpath(p) for p in paths if os.path.exists(p)}
         granted = carve(real.values(), self.protected)
-        # explicitly granted paths (the environment cache) may lie inside the state dir
-        granted += [p for p in (os.path.realpath(x) for x in self.read_only) if os.path.exists(p)]
+        # the environment cache lies inside the state dir
+        granted += [p for p in map(os.path.realpath, self.cache_dirs) if os.path.exists(p)]
         outermost = _outermost(granted)
         # a path that is a link (/bin -> usr/bin) is named too: the namespaces mode recreates it
         links = [p for p, r in real.items() if p != r and any(_within(r, g) for g in outermost)]
