@@ -22,6 +22,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from jupyter_ds_jobs._proto import pjs_pb2
+from jupyter_ds_jobs.common.connection import server_alive
 from jupyter_ds_jobs.common.contract import status_name
 from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.handle import DsJob
@@ -70,6 +71,9 @@ class DsJobsMagics(Magics):
     def __init__(self, shell: InteractiveShell | None = None) -> None:
         super().__init__(shell)
         self._clients: dict[tuple[str, str, str], JobsClient] = {}
+        #: The pid of the embedded server each cached client talks to: a client of a server that
+        #: has died is dropped, and the next call finds or starts a new server.
+        self._server_pids: dict[tuple[str, str, str], int] = {}
         self.jobs: dict[str, DsJob] = {}
         #: When set, used instead of connecting (tests, embedding).
         self.client: JobsClient | None = None
@@ -104,6 +108,11 @@ class DsJobsMagics(Magics):
         settings = self._settings()
         key = (endpoint or "", project or "", os.environ.get("DS_JOBS_TOKEN", ""))
         client = self._clients.get(key)
+        pid = self._server_pids.get(key)
+        if client is not None and pid is not None and not server_alive(pid):
+            client.close()
+            del self._clients[key], self._server_pids[key]
+            client = None
         if client is None:
             from jupyter_ds_jobs.core.client import JobsClient
             from jupyter_ds_jobs.core.embedded import find_server
@@ -115,6 +124,8 @@ class DsJobsMagics(Magics):
                 info = found or find_server()
                 how = "found" if found is not None else "started"
                 state = f"; state in {info.state_dir}" if info is not None else ""
+                if info is not None:
+                    self._server_pids[key] = info.pid
                 message = f"local job server at {client.endpoint} ({how}{state})"
                 if note is not None:
                     note(message)

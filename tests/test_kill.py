@@ -181,6 +181,11 @@ def test_a_killed_job_server_fails_the_cell_naming_the_job_and_comes_back_with_i
         time.sleep(0.05)
     assert not [pid for pid in leftover if _running(pid)], "the job's processes survived the restart"
 
+    # the first kernel goes on too: its client of the dead server is dropped, the live one found
+    content, out = run(kc, "%%ds_job --quiet\ny = 40 + 2\nprint(y)\n")
+    assert content["status"] == "ok" and "42" in out, out
+    assert lab.server()[0].pid == info2.pid
+
 
 def _running(pid: int) -> bool:
     try:

@@ -30,6 +30,7 @@ __all__ = [
     "default_state_dir",
     "pid_alive",
     "runtime_dir",
+    "server_alive",
 ]
 
 CONNECTION_FILE_NAME = "ds-jobs-server.json"
@@ -57,6 +58,11 @@ def blob_path(blob_root: Path, sha256: str) -> Path:
 def pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` exists (of any user; a zombie counts until it is reaped)."""
     return pid > 0 and bool(psutil.pid_exists(pid))
+
+
+def server_alive(pid: int) -> bool:
+    """Whether the job server ``pid`` still runs (a zombie, dead but not reaped, does not)."""
+    return pid_alive(pid) and not _zombie(pid)
 
 
 def _zombie(pid: int) -> bool:
@@ -110,7 +116,7 @@ class ConnectionInfo:
         except FailedPrecondition:
             return None
         # A server that died but was not reaped (its starter, a kernel, lives on) is a zombie: gone.
-        return info if pid_alive(info.pid) and not _zombie(info.pid) else None
+        return info if server_alive(info.pid) else None
 
     def remove_from(self, path: Path) -> None:
         """Remove ``path`` if it still describes this server."""
