@@ -19,6 +19,11 @@ def load_ipython_extension(ipython: Any) -> None:
     load(ipython)
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The JupyterLab extension built into ``labextension/`` here (``jupyter labextension develop``)."""
+    return [{"src": "labextension", "dest": "jupyter_ds_jobs"}]
+
+
 def __getattr__(name: str) -> Any:
     """``jupyter_ds_jobs.run_notebook`` (:mod:`jupyter_ds_jobs.notebooks`), imported on first use."""
     if name == "run_notebook":

@@ -15,6 +15,12 @@ make_venv() {
     "$py" -m venv "$dir"
     "$dir/bin/python" -m pip install -q --upgrade pip
   fi
+  # the install builds the JupyterLab extension (labextension/, hatch-jupyter-builder: jlpm, then
+  # jlpm build) unless it is built already: that needs Node.js
+  if [ ! -f jupyter_ds_jobs/labextension/package.json ] && ! command -v node >/dev/null 2>&1; then
+    echo "error: Node.js 20 or newer is needed to build the JupyterLab extension (labextension/)" >&2
+    return 1
+  fi
   echo "==> installing jupyter_ds_jobs[$extras] into $dir"
   "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
   "$dir/bin/python" -c 'import jupyter_ds_jobs' || { echo "error: install into $dir failed" >&2; return 1; }

@@ -13,6 +13,8 @@ are then registered once per session, so every browser test shares one JupyterLa
   ``DS_JOBS_SKIP_BROWSER_TESTS=1`` says to skip them (``scripts/test`` installs it as root).
 * :class:`LabPage`: a page object over one open notebook (run a cell, wait for it, read its
   outputs).
+* The DS Jobs server extension runs with ``start_server=False``: it finds the private job server
+  (started by a kernel, or by :meth:`JupyterLab.start_job_server`) and never starts one itself.
 
 Fixtures: ``lab`` (session), ``chromium`` (session: a persistent context on a fresh profile),
 ``lab_page`` (a new page per test, closed after it).
@@ -128,6 +130,9 @@ class JupyterLab:
             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
             "--LabApp.expose_app_in_browser=True",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            # the DS Jobs server extension finds the private job server but never starts it: a
+            # kernel's %%ds_job starts it (test_lab_widgets sees that), or start_job_server() does
+            "--DsJobsApp.start_server=False",
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -162,6 +167,28 @@ class JupyterLab:
         from jupyter_ds_jobs.core.embedded import find_server
 
         return find_server(self.state_dir)
+
+    def start_job_server(self) -> Any:
+        """Start the private job server as a kernel would (in the lab's environment), or find the
+        running one; its ``ConnectionInfo``."""
+        from jupyter_ds_jobs.core.embedded import ensure_server
+
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(self.env)  # the detached server inherits this process's environment
+        try:
+            return ensure_server(self.state_dir, timeout=30)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def stop_job_server(self) -> None:
+        """Stop the private job server, if one runs (its jobs stay in its state dir)."""
+        from jupyter_ds_jobs.core.embedded import stop_server
+
+        info = self.job_server()
+        if info is not None:
+            stop_server(info, timeout=20)
 
     def stop(self) -> None:
         """Stop JupyterLab (SIGTERM: it shuts its kernels down), then the private job server."""
