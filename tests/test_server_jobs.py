@@ -449,10 +449,10 @@ def test_project_disk_and_instance_types(server, api: Api) -> None:  # type: ign
     job_id = api.create(
         "echo $DS_PROJECT_HOME; touch ${DS_PROJECT_HOME}/mark",
         attach_project_disk=True,
-        cloud_instance_types=[jobs_pb2.CloudInstanceType(name="g1.1")],
+        cloud_instance_types=[jobs_pb2.CloudInstanceType(name="c1.8")],
     )
     job, _ = api.run(job_id)
-    assert job.status == S.SUCCESS and job.actual_cloud_instance_type.name == "g1.1"
+    assert job.status == S.SUCCESS and job.actual_cloud_instance_type.name == "c1.8"
     assert (Path(server.info.state_dir) / "projects" / "proj" / "mark").exists()
 
 

@@ -223,6 +223,21 @@ def _add_isolation(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_resources(p: argparse.ArgumentParser) -> None:
+    """What jobs get of this machine (docs/server.md, "Resources")."""
+    p.add_argument("--instance-types-file", type=Path, default=None, metavar="JSON",
+                   help='instance types as {"NAME": {"cpus": N, "memory_gib": N, "gpus": N}}, '
+                   "added to or replacing the built-in ones")  # fmt: skip
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="GPUs this server has (default: those nvidia-smi -L lists)")  # fmt: skip
+    p.add_argument("--cpus", type=int, default=None, metavar="N",
+                   help="CPUs jobs share (default: the cores this process may use)")  # fmt: skip
+    p.add_argument("--memory-gib", type=float, default=None, metavar="GIB",
+                   help="memory jobs share (default: the machine's)")  # fmt: skip
+    p.add_argument("--strict-resources", action="store_true",
+                   help="refuse instance types larger than this machine instead of clamping them to it")  # fmt: skip
+
+
 def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "server",
@@ -259,6 +274,7 @@ def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         help="comma-separated instance types this server accepts (default: c1.4, c1.8, c1.32, g1.1, g2.1, ...)",
     )
+    _add_resources(p)
     p.add_argument(
         "--no-warm-start",
         dest="warm_start",

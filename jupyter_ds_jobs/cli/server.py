@@ -60,6 +60,11 @@ def cmd_server(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
+        instance_types_file=args.instance_types_file,
+        cpus=args.cpus,
+        memory_gib=args.memory_gib,
+        gpus=args.gpus,
+        strict_resources=args.strict_resources,
     )
     return run_server(opts)
 

@@ -40,6 +40,7 @@ from jupyter_ds_jobs.server.http import make_http_server
 from jupyter_ds_jobs.server.jobs import Jobs
 from jupyter_ds_jobs.server.logs import LogStore
 from jupyter_ds_jobs.server.operations import Operations
+from jupyter_ds_jobs.server.resources import Capacity, Profile, Resources, default_profiles, load_profiles
 from jupyter_ds_jobs.server.runtime import JobManager
 from jupyter_ds_jobs.server.sandbox import Isolation, RunAs, Sandbox
 from jupyter_ds_jobs.server.service import (
@@ -81,6 +82,14 @@ class ServerOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    #: Resources (docs/server.md, "Resources"): instance types as profiles (None: the contract's
+    #: table, or ``instance_types_file``'s), the machine's capacity as declared (None: detected).
+    instance_type_profiles: dict[str, Profile] | None = None
+    instance_types_file: Path | None = None
+    cpus: int | None = None
+    memory_gib: float | None = None
+    gpus: int | None = None
+    strict_resources: bool = False
 
 
 class JobServer:
@@ -109,6 +118,9 @@ class JobServer:
         self.store = Store(sd / "jobs.sqlite")
         self.blobs = BlobStore(sd / "blobs", BlobStore.load_secret(sd / "secret.key"))
         self.logs = LogStore(sd / "jobs")
+        self.resources = _resources(self.opts)
+        log.info("resources: %s; instance types that fit: %s", self.resources.capacity.describe(),
+                 ", ".join(n for n in self.resources.profiles if self.resources.fitted(n)) or "none")  # fmt: skip
         environments = None
         if self.opts.python_envs:
             from jupyter_ds_jobs.server.environments import EnvironmentCache
@@ -126,6 +138,7 @@ class JobServer:
             environments=environments,
             executor=ZygoteExecutor(self.sandbox) if self.opts.warm_start else LocalExecutor(self.sandbox),
             work_root=sd / "work",
+            resources=self.resources,
         )
         ttl = timedelta(days=self.opts.default_ttl_days) if self.opts.default_ttl_days else None
         return Jobs(
@@ -133,8 +146,9 @@ class JobServer:
             self.blobs,
             self.logs,
             self.manager,
-            instance_types=self.opts.instance_types,
+            instance_types=self.resources.profiles,
             default_ttl=ttl,
+            resources=self.resources,
             environments=environments,
         )
 
@@ -224,6 +238,20 @@ class JobServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def _resources(opts: ServerOptions) -> Resources:
+    """The profiles this server accepts (``instance_types`` filters the contract's; types a file
+    or ``instance_type_profiles`` adds are accepted too) and the machine's capacity."""
+    profiles = opts.instance_type_profiles
+    if profiles is None:
+        profiles = load_profiles(opts.instance_types_file) if opts.instance_types_file else default_profiles()
+    contract = default_profiles()
+    accepted = {n: p for n, p in profiles.items() if n in opts.instance_types or n not in contract}
+    if not accepted:
+        raise InvalidArgument("--instance-types: none of them has a profile")
+    capacity = Capacity.detect(opts.cpus, opts.memory_gib, opts.gpus)
+    return Resources(accepted, capacity, strict=opts.strict_resources)
 
 
 _PRIVATE_FILES = ("jobs.sqlite", "jobs.sqlite-wal", "jobs.sqlite-shm", "secret.key", "server.log")

@@ -35,6 +35,7 @@ from jupyter_ds_jobs.common.errors import FailedPrecondition, InvalidArgument, N
 from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.environments import EnvironmentCache, EnvSpec
 from jupyter_ds_jobs.server.logs import LogRecord, LogStore
+from jupyter_ds_jobs.server.resources import Resources
 from jupyter_ds_jobs.server.runtime import ABORTED_CODE, JobManager
 from jupyter_ds_jobs.server.store import FileRef, OpKind, Store
 from jupyter_ds_jobs.server.validation import (
@@ -95,8 +96,10 @@ class Jobs:
         instance_types: Iterable[str],
         default_ttl: timedelta | None,
         environments: EnvironmentCache | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.store = store
+        self.resources = resources
         self.blobs = blobs
         self.logs = logs
         self.manager = manager
@@ -164,7 +167,8 @@ class Jobs:
         expires = _expiry(job.created_at.ToNanoseconds(), ttl)
         if expires is not None:
             job.data_expires_at.FromNanoseconds(expires)
-        job.actual_cloud_instance_type.name = params.cloud_instance_types[0].name
+        names = [t.name for t in params.cloud_instance_types]  # the first that can ever fit here
+        job.actual_cloud_instance_type.name = self.resources.choose(names) if self.resources else names[0]
         refs = [
             FileRef("input", f.desc.path, f.desc.var, f.sha256, f.size_bytes, f.compression_type)
             for f in params.input_files

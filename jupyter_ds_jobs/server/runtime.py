@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -40,8 +41,10 @@ from jupyter_ds_jobs.common.errors import DsJobsError, FailedPrecondition, Resou
 from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.environments import Environment, EnvironmentCache, EnvSpec
 from jupyter_ds_jobs.server.executors import Executor, LocalExecutor, RunningProcess
+from jupyter_ds_jobs.server.executors.base import OutputSink
 from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_OUT, JobLog, LogStore
 from jupyter_ds_jobs.server.outputs import store_dir, store_file
+from jupyter_ds_jobs.server.resources import Allotment, Resources, watch_memory
 from jupyter_ds_jobs.server.store import FileRef, Store
 from jupyter_ds_jobs.server.substitute import substitute
 
@@ -75,6 +78,7 @@ class _Run:
     cancel_reason: str = ""
     response: bytes | None = None
     environment: Environment | None = None
+    allotment: Allotment | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def cancelled_details(self) -> str:
@@ -106,6 +110,7 @@ class JobManager:
         executor: Executor | None = None,
         environments: EnvironmentCache | None = None,
         work_root: Path | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -116,6 +121,7 @@ class JobManager:
         self.max_concurrent = max(1, max_concurrent)
         self.executor: Executor = executor or LocalExecutor()
         self.environments = environments
+        self.resources = resources
         self._runs: dict[str, _Run] = {}
         self._queue: list[str] = []
         self._active = 0
@@ -232,22 +238,31 @@ class JobManager:
 
     # -- lifecycle ------------------------------------------------------------
     async def _acquire_slot(self, run: _Run) -> None:
+        kind = self.store.get_job(run.job_id).actual_cloud_instance_type.name
         async with self._slot:
             while True:
                 ahead = self._queue.index(run.job_id)
-                if ahead == 0 and self._active < self.max_concurrent:
-                    self._queue.pop(0)
-                    self._active += 1
-                    self._slot.notify_all()
-                    return
                 msg = f"waiting for a free slot: {ahead} job(s) ahead, {self._active} running"
+                if ahead == 0 and self._active < self.max_concurrent:
+                    if self.resources is not None:  # the job's instance type must fit what is free
+                        run.allotment = self.resources.take(kind)
+                        p = self.resources.profiles[kind]
+                        msg = f"waiting for resources: {p.describe()} with {self.resources.free()}"
+                    if self.resources is None or run.allotment is not None:
+                        self._queue.pop(0)
+                        self._active += 1
+                        self._slot.notify_all()
+                        return
                 self._progress(run.job_id, msg, 0)
                 self.store.touch_operation(run.op_id)
                 await self._slot.wait()
 
-    async def _release_slot(self) -> None:
+    async def _release_slot(self, run: _Run) -> None:
         async with self._slot:
             self._active -= 1
+            if run.allotment is not None and self.resources is not None:
+                self.resources.release(run.allotment)
+                run.allotment = None
             self._slot.notify_all()
 
     async def _lifecycle(self, run: _Run) -> None:
@@ -288,7 +303,7 @@ class JobManager:
             if run.job_id in self._queue:
                 self._queue.remove(run.job_id)
             if got_slot:
-                await self._release_slot()
+                await self._release_slot(run)
             if run.environment is not None and self.environments is not None:
                 self.environments.release(run.environment)
             self.store.finish_operation(run.op_id, response=run.response, error=error)
@@ -320,7 +335,7 @@ class JobManager:
         def sink(source: int, chunk: bytes) -> None:
             jl.write(SOURCE_OUT if source == 1 else SOURCE_ERR, chunk)
 
-        run.proc = await self.executor.start(cmd, workdir, env, sink)
+        run.proc, memory = await self._start(run, cmd, workdir, env, sink, jl)
         jl.system(f"isolation: {run.proc.isolation}")
         self.store.set_pgid(job.id, run.proc.pid)
         self._set_status(job.id, S.EXECUTING)
@@ -330,6 +345,8 @@ class JobManager:
             code = await run.proc.wait()
         finally:
             watcher.cancel()
+            if memory is not None:
+                memory.cancel()
             self.store.set_pgid(job.id, None)
         self._read_progress(job.id, progress)  # what the job wrote last
         jl.system(f"process exited with code {code}")
@@ -351,11 +368,36 @@ class JobManager:
             j.file_errors.extend(errors)
 
         what = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if (
+            memory is not None
+            and memory.done()
+            and not memory.cancelled()
+            and memory.result()
+            and run.allotment
+        ):
+            what = f"exceeded the memory of {run.allotment.memory_limit} (killed)"
+            jl.system(f"the job {what}")
         details = "; ".join(([f"process {what}"] if code else []) + full)  # full: did not fit
         self._set_status(job.id, S.ERROR if details else S.SUCCESS, details, finished)
         self._progress(job.id, "done", 100)
         run.response = _result(code)
         return None
+
+    async def _start(
+        self, run: _Run, cmd: str, workdir: Path, env: dict[str, str], sink: OutputSink, jl: JobLog
+    ) -> tuple[RunningProcess, asyncio.Future[bool] | None]:
+        """Start the job's process with its allotment (its env, cores, GPUs; ``server.resources``)
+        and the watch on its memory."""
+        a = run.allotment
+        if a is None:
+            return await self.executor.start(cmd, workdir, env, sink), None
+        jl.system(a.describe())
+        env = a.apply_env(env, self.store.get_job(run.job_id).job_parameters.env.vars)
+        if "cores" in inspect.signature(self.executor.start).parameters:
+            proc = await self.executor.start(cmd, workdir, env, sink, cores=a.cores)  # type: ignore[call-arg]
+        else:
+            proc = await self.executor.start(cmd, workdir, env, sink)
+        return proc, asyncio.ensure_future(watch_memory(proc.pid, a.memory_bytes, proc.kill_all))
 
     # -- preparing ------------------------------------------------------------
     def _materialize(self, job: jobs_pb2.Job, workdir: Path) -> dict[str, str]:

@@ -27,6 +27,9 @@ unsets when null, before the exec: Python's start may have coerced ``LC_CTYPE``)
   capabilities. B forwards signals to C's group and exits with C (the kernel then ends whatever
   C left in the namespace); A relays C's exit status to whoever waits for A.
 * ``permissions``: only the change of user.
+* ``affinity``: nothing but the CPU affinity (a job without a sandbox that is pinned to cores).
+
+Any mode first pins the process to ``cpus`` (a list of CPU ids, when the policy has it).
 """
 
 from __future__ import annotations
@@ -421,9 +424,11 @@ def _namespaces(policy: dict[str, Any]) -> None:
 def apply(policy: dict[str, Any]) -> None:
     """Confine the calling process (single-threaded) as ``policy`` says; it then runs the job."""
     mode = policy.get("mode")
-    if mode not in ("landlock", "namespaces", "permissions"):
+    if mode not in ("landlock", "namespaces", "permissions", "affinity"):
         raise SandboxError(f"unknown isolation mode {mode!r}")
     try:
+        if policy.get("cpus"):  # the job's cores (its instance type), inherited by all it starts
+            os.sched_setaffinity(0, policy["cpus"])
         if mode == "namespaces":
             import signal  # noqa: F401 - for _relay and _init, while the stdlib is in reach
 

@@ -16,7 +16,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from jupyter_ds_jobs.server.executors.base import OutputSink
@@ -110,6 +110,15 @@ def direct_argv(cmd: str, path: str) -> list[str] | None:
     return [exe, *argv[1:]] if exe else None
 
 
+def pin(job: JobSandbox, cores: Sequence[int]) -> JobSandbox:
+    """The job's policy with its CPU affinity (applied in the child, before the sandbox; a job
+    without a sandbox gets the ``affinity`` policy, which does only that)."""
+    if cores:  # (the wrapper restores LC_CTYPE, which its Python's start may coerce)
+        bare = {"mode": "affinity", "env": {"LC_CTYPE": job.env.get("LC_CTYPE")}}
+        job.policy = {**(job.policy or bare), "cpus": sorted(set(cores))}
+    return job
+
+
 class LocalExecutor:
     """Runs ``cmd`` in ``cwd`` (with bash unless it is a plain command), confined by ``sandbox``;
     stdout and stderr go to ``sink`` as they come."""
@@ -123,8 +132,11 @@ class LocalExecutor:
             return JobSandbox(None, dict(env), None, "none")
         return await asyncio.to_thread(self.sandbox.prepare, cwd, env)
 
-    async def start(self, cmd: str, cwd: Path, env: Mapping[str, str], sink: OutputSink) -> LocalProcess:
-        return await self.start_prepared(cmd, cwd, await self.prepare(cwd, env), sink)
+    async def start(
+        self, cmd: str, cwd: Path, env: Mapping[str, str], sink: OutputSink, cores: Sequence[int] = ()
+    ) -> LocalProcess:
+        """``cores``: the CPUs the job is pinned to (its instance type's, ``server.resources``)."""
+        return await self.start_prepared(cmd, cwd, pin(await self.prepare(cwd, env), cores), sink)
 
     async def start_prepared(self, cmd: str, cwd: Path, job: JobSandbox, sink: OutputSink) -> LocalProcess:
         argv = direct_argv(cmd, job.env.get("PATH", "")) or [SHELL, "-c", cmd]

@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from jupyter_ds_jobs.server.executors.local import (
     LocalExecutor,
     LocalProcess,
     direct_argv,
+    pin,
 )
 from jupyter_ds_jobs.server.sandbox import JobSandbox, Sandbox
 
@@ -251,10 +252,10 @@ class ZygoteExecutor:
         return z
 
     async def start(
-        self, cmd: str, cwd: Path, env: Mapping[str, str], sink: OutputSink
+        self, cmd: str, cwd: Path, env: Mapping[str, str], sink: OutputSink, cores: Sequence[int] = ()
     ) -> ZygoteProcess | LocalProcess:
         argv = self._warm_argv(cmd, env)
-        job = await self.plain.prepare(cwd, env)
+        job = pin(await self.plain.prepare(cwd, env), cores)  # the fork applies the affinity
         if argv is not None:
             try:
                 z = await self._zygote(argv[0])
