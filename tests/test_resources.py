@@ -20,6 +20,7 @@ from jupyter_ds_jobs._proto import jobs_pb2, ops_pb2, pjs_pb2
 from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.server.app import ServerOptions, ServerThread
 from jupyter_ds_jobs.server.resources import Profile, load_profiles
+from jupyter_ds_jobs.server.sandbox import Isolation, probe
 from tests.jobhelpers import Api
 from tests.test_server_warm import cell_job, outputs_of
 
@@ -125,10 +126,17 @@ def test_two_gpu_jobs_on_one_gpu_run_one_after_the_other(make_api: Any) -> None:
     api.wait(opg)
 
 
-def test_memory_over_the_limit_ends_the_job(make_api: Any) -> None:
-    api = make_api(instance_type_profiles={"c1.4": Profile("c1.4", 1, 0.25, 0)})
+@pytest.mark.parametrize("isolation", ["auto", "namespaces", "none"])
+def test_memory_over_the_limit_ends_the_job(make_api: Any, isolation: str) -> None:
+    """However the job is confined (``namespaces``: the job is a grandchild in its own pid
+    namespace), its whole tree is measured."""
+    if isolation == "namespaces" and probe(Path("/tmp")).get("namespaces"):
+        pytest.skip("no user namespaces here")
+    api = make_api(
+        instance_type_profiles={"c1.4": Profile("c1.4", 1, 0.25, 0)}, isolation=Isolation(isolation)
+    )
     hog = "import time; b = bytearray(600 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(10)"
-    job_id = api.create(f'python -c "{hog}"')
+    job_id = api.create(f'python -c "{hog}"; echo after')  # the hog is a child of bash
     t0 = time.monotonic()
     job, _ = api.run(job_id)
     assert time.monotonic() - t0 < 8

@@ -387,16 +387,14 @@ class JobManager:
         self, run: _Run, cmd: str, workdir: Path, env: dict[str, str], sink: OutputSink, jl: JobLog
     ) -> tuple[RunningProcess, asyncio.Future[bool] | None]:
         """Start the job's process with its allotment (its env, cores, GPUs; ``server.resources``)
-        and the watch on its memory."""
+        and the watch on its memory. Only an executor of processes here (one whose ``start`` takes
+        ``cores``) gets them: another places and limits its jobs itself."""
         a = run.allotment
-        if a is None:
+        if a is None or "cores" not in inspect.signature(self.executor.start).parameters:
             return await self.executor.start(cmd, workdir, env, sink), None
         jl.system(a.describe())
         env = a.apply_env(env, self.store.get_job(run.job_id).job_parameters.env.vars)
-        if "cores" in inspect.signature(self.executor.start).parameters:
-            proc = await self.executor.start(cmd, workdir, env, sink, cores=a.cores)  # type: ignore[call-arg]
-        else:
-            proc = await self.executor.start(cmd, workdir, env, sink)
+        proc = await self.executor.start(cmd, workdir, env, sink, cores=a.cores)  # type: ignore[call-arg]
         return proc, asyncio.ensure_future(watch_memory(proc.pid, a.memory_bytes, proc.kill_all))
 
     # -- preparing ------------------------------------------------------------
