@@ -237,3 +237,19 @@ def test_the_server_command_takes_the_resource_options(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_gpus_are_found_with_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake ``nvidia-smi`` (no GPU here) prints what the real one does for ``-L``."""
+    from jupyter_ds_jobs.server.resources import Capacity, detect_gpus
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert detect_gpus() == ()  # none on PATH: no GPU
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        '#!/bin/sh\n[ "$1" = -L ] || exit 2\n'
+        "echo 'GPU 0: NVIDIA H200 (UUID: GPU-0b1c)'\necho 'GPU 1: NVIDIA H200 (UUID: GPU-77aa)'\n"
+    )
+    fake.chmod(0o755)
+    assert detect_gpus() == ("0", "1")
+    assert Capacity.detect().gpus == ("0", "1") and Capacity.detect(gpus=0).gpus == ()

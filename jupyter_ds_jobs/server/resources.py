@@ -66,7 +66,12 @@ THREAD_VARS = (
 #: How often a job's resident memory is measured.
 MEMORY_POLL_S = 0.1
 #: How memory limits are enforced (for the job's system log and the docs).
-MEMORY_ENFORCEMENT = f"resident memory of its processes watched every {MEMORY_POLL_S:g}s (psutil)"
+MEMORY_ENFORCEMENT = (
+    f"resident memory of its processes watched every {MEMORY_POLL_S:g}s (psutil), not a cgroup "
+    "(needs a delegated cgroup v2 tree) nor RLIMIT_AS (address space, per process)"
+)
+#: Where a container's memory limit is (cgroup v2, then v1).
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
 def gib(n: float) -> str:
@@ -149,6 +154,15 @@ def detect_gpus() -> tuple[str, ...]:
     )
 
 
+def machine_memory() -> int:
+    """The machine's memory, or the container's limit when that is lower."""
+    total = int(psutil.virtual_memory().total)
+    for path in CGROUP_MEMORY_LIMITS:
+        with contextlib.suppress(OSError, ValueError):
+            return min(total, int(Path(path).read_text().strip()))  # "max": no limit, ValueError
+    return total
+
+
 @dataclass(frozen=True)
 class Capacity:
     """What this server's jobs share: cores (ids to pin to), memory and GPUs (CUDA indices)."""
@@ -167,7 +181,7 @@ class Capacity:
         if n < 1:
             raise InvalidArgument("--cpus must be at least 1")
         cores = tuple(real[i % len(real)] for i in range(n))  # more declared than real: shared
-        mem = int(memory_gib * GIB) if memory_gib is not None else psutil.virtual_memory().total
+        mem = int(memory_gib * GIB) if memory_gib is not None else machine_memory()
         if mem <= 0:
             raise InvalidArgument("--memory-gib must be positive")
         if gpus is not None and gpus < 0:
