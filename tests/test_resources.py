@@ -5,7 +5,10 @@ GPUs are declared (``gpus=N``): this machine has none, and the assignment is wha
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -253,3 +256,25 @@ def test_gpus_are_found_with_nvidia_smi(tmp_path: Path, monkeypatch: pytest.Monk
     fake.chmod(0o755)
     assert detect_gpus() == ("0", "1")
     assert Capacity.detect().gpus == ("0", "1") and Capacity.detect(gpus=0).gpus == ()
+
+
+@pytest.mark.parametrize("children_files", [True, False], ids=["proc-children", "psutil"])
+def test_the_memory_watch_sees_the_whole_tree(monkeypatch: pytest.MonkeyPatch, children_files: bool) -> None:
+    from jupyter_ds_jobs.server import resources
+
+    monkeypatch.setattr(resources, "_CHILDREN", children_files and resources._CHILDREN)
+    proc = subprocess.Popen(["bash", "-c", "sleep 30 & python -c 'import time; time.sleep(30)'; wait"])
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(pids := resources._tree(proc.pid)) < 3:
+            assert time.monotonic() < deadline, pids
+            time.sleep(0.05)
+        assert pids[0] == proc.pid and resources._rss(pids) > resources._rss(pids[:1])
+    finally:
+        for pid in reversed(pids[1:]):  # the children this test started, by their ids
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+    assert resources._tree(proc.pid) == []
