@@ -278,3 +278,15 @@ def test_the_memory_watch_sees_the_whole_tree(monkeypatch: pytest.MonkeyPatch, c
         proc.kill()
         proc.wait()
     assert resources._tree(proc.pid) == []
+
+
+def test_a_job_whose_type_no_longer_fits_after_a_restart_ends_naming_it(tmp_path: Path) -> None:
+    opts: dict[str, Any] = {"state_dir": tmp_path / "s", "token": "t", "write_runtime_file": False}
+    with ServerThread(ServerOptions(**opts, gpus=1)) as info:
+        job_id = Api(grpc.insecure_channel(info.endpoint), "t").create(
+            "true", cloud_instance_types=_types("g1.1")
+        )
+    with ServerThread(ServerOptions(**opts, gpus=0)) as info:
+        job, _ = Api(grpc.insecure_channel(info.endpoint), "t").run(job_id)
+    assert job.status == S.ERROR
+    assert job.status_details.startswith("instance type g1.1 does not fit this server any more: it has ")

@@ -251,7 +251,9 @@ class Resources:
 
     def fitted(self, name: str) -> tuple[int, int, bool] | None:
         """(cpus, memory bytes, clamped) of ``name`` on this machine; None if it never fits."""
-        p = self.profiles[name]
+        p = self.profiles.get(name)
+        if p is None:  # a job created before the server was restarted with other types
+            return None
         cap = self.capacity
         if p.gpus > len(cap.gpus):
             return None
@@ -278,8 +280,10 @@ class Resources:
     def take(self, name: str) -> Allotment | None:
         """Hold what ``name`` needs if it is free now; None when the job must wait."""
         fitted = self.fitted(name)
-        if fitted is None:
-            raise FailedPrecondition(f"instance type {name} does not fit this server")
+        if fitted is None:  # it did when the job was created: the server was restarted since
+            raise FailedPrecondition(
+                f"instance type {name} does not fit this server any more: it has {self.capacity.describe()}"
+            )
         cpus, mem, clamped = fitted
         p = self.profiles[name]
         n_slots = cpus if cpus == p.cpus else 0  # clamped: shared, not held

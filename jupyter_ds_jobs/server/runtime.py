@@ -246,7 +246,7 @@ class JobManager:
                 if ahead == 0 and self._active < self.max_concurrent:
                     if self.resources is not None:  # the job's instance type must fit what is free
                         run.allotment = self.resources.take(kind)
-                        p = self.resources.profiles[kind]
+                        p = self.resources.profiles[kind]  # take() raised if it is not there
                         msg = f"waiting for resources: {p.describe()} with {self.resources.free()}"
                     if self.resources is None or run.allotment is not None:
                         self._queue.pop(0)
