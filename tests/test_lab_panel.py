@@ -76,6 +76,9 @@ class Panel:
         self.command("ds-jobs:show-panel")
 
     def command(self, command: str, args: dict[str, Any] | None = None) -> Any:
+        self.page.wait_for_function(
+            "(c) => window.jupyterapp && window.jupyterapp.commands.hasCommand(c)", arg=command
+        )
         return self.page.evaluate(
             "([c, a]) => window.jupyterapp.commands.execute(c, a)", [command, args or {}]
         )
@@ -305,6 +308,30 @@ def check_filters_and_keyboard(panel: Panel, sleeper: str, clone: str, greeter: 
     assert panel.current_job() == clone
 
 
+def check_data_and_delete(panel: Panel, greeter: str, clone: str, sleeper: str) -> None:
+    """Keep the greeter's data forever, delete the clone's data, delete the sleeper."""
+    page = panel.page
+    panel.command("ds-jobs:open-job", {"id": greeter})
+    panel.details(greeter).locator("button.ds-job-ttl").click()
+    page.locator(".jp-Dialog input.ds-jobs-ttl-forever").check()
+    panel.dialog_button("Set").click()
+    panel.details(greeter).locator(".ds-job-data", has_text="kept forever").wait_for(timeout=10_000)
+
+    panel.command("ds-jobs:open-job", {"id": clone})
+    clone_details = panel.details(clone)
+    assert clone_details.locator("a.ds-job-download").count() > 0
+    clone_details.locator("button.ds-job-delete-data").click()
+    panel.dialog_button("Delete data").click()
+    clone_details.locator(".ds-job-data", has_text="deleted").wait_for(timeout=10_000)
+    assert clone_details.locator("a.ds-job-download").count() == 0  # nothing left to download
+
+    panel.command("ds-jobs:open-job", {"id": sleeper})
+    panel.details(sleeper).locator("button.ds-job-delete").click()
+    panel.dialog_button("Delete").click()
+    panel.details(sleeper).locator(".ds-job-deleted").wait_for(timeout=10_000)
+    panel.row(sleeper).wait_for(state="detached", timeout=10_000)
+
+
 def check_missing_extension(panel: Panel) -> None:
     """A Jupyter server without the extension, faked by answering its status route as such a
     server does (an HTML 404), then Refresh; with the real route back, Retry recovers."""
@@ -364,6 +391,7 @@ def test_the_panel_lists_jobs_live_and_acts_on_them(lab: JupyterLab, panel: Pane
     panel.wait_row_status(sleeper, "CANCELLED")
 
     check_filters_and_keyboard(panel, sleeper, clone, greeter)
+    check_data_and_delete(panel, greeter, clone, sleeper)
     check_missing_extension(panel)
     panel.row(greeter).wait_for()
     assert panel.page.evaluate("window.__dsNoReload") is True  # all of it live, without a reload

@@ -211,7 +211,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.commands.addCommand(CommandIDs.showPanel, {
       label: 'Show DS Jobs',
       caption: 'The jobs panel',
-      execute: () => {
+      execute: async () => {
+        await app.restored; // else the restored layout may hide it again
         ensureStarted();
         app.shell.activateById(jobsPanel.id);
       }

@@ -18,6 +18,7 @@ import { isActive, Job, JobStatus } from './types';
 export type ConnectionState = 'connecting' | 'ready' | 'missing' | 'unreachable';
 
 const PAGE_SIZE = 200;
+const FIRST_PAGE_SIZE = 50;
 
 /** The status filter choices of the panel. */
 export const STATUS_FILTERS: { label: string; value: string; statuses: JobStatus[] }[] = [
@@ -96,36 +97,37 @@ export class JobsModel {
     return this._byId.get(id);
   }
 
-  /** Connect: check the extension, load the first page, follow the events. */
+  /** Connect: check the extension and load the first page (both at once), follow the events. */
   async start(): Promise<void> {
     this._events?.close();
     this._events = null;
     this._setState('connecting', '');
-    let reachable = true;
+    const first = this.reload(FIRST_PAGE_SIZE); // a small first page: the first rows sooner
     try {
       const status = await this.api.status();
       if (status && status.reachable === false) {
-        reachable = false;
+        this._generation++; // the list's answer, whatever it is, is not the news
         this._setState('unreachable', status.message || 'The job server cannot be reached.');
       }
     } catch (error) {
       this._fail(error);
+      if (this._state === 'missing' || this._state === 'unreachable') {
+        this._generation++;
+      }
       if (this._state === 'missing') {
         return;
       }
     }
-    this._followEvents(); // it says when the job server is back (`event: server`)
-    if (reachable) {
-      await this.reload();
-    }
+    this._followEvents(); // it also says when the job server is back (`event: server`)
+    await first;
   }
 
   /** Reload the first page (after a filter change, a reconnect, or Refresh). */
-  async reload(): Promise<void> {
+  async reload(pageSize = PAGE_SIZE): Promise<void> {
     const generation = ++this._generation;
     this._nextToken = '';
     try {
-      const page = await this.api.listJobs({ status: this._serverStatuses(), pageSize: PAGE_SIZE });
+      const page = await this.api.listJobs({ status: this._serverStatuses(), pageSize });
       if (generation !== this._generation) {
         return;
       }
