@@ -66,16 +66,36 @@ export class LogView extends Widget {
   /** Start (or restart) streaming from the start of the log. */
   start(): void {
     this._stream?.close();
+    this._stream = null;
     this._text = [];
     this._kind = [];
     this._open = [-1, -1, -1];
     this._ended = false;
+    this._stopped = false;
+    this._offset = '';
+    if (this.isVisible || !this.isAttached) {
+      this._connect();
+    }
+  }
+
+  /**
+   * Stream from `_offset` (the id of the last event: exactly where the last stream stopped).
+   * Only a visible log streams: a browser keeps few connections per server (6 for HTTP/1.1), and
+   * JupyterLab's own requests need them; a hidden log resumes when it shows again.
+   */
+  private _connect(): void {
+    if (this._stream || this._ended || this._stopped) {
+      return;
+    }
     this._stream = this.api.stream(`jobs/${encodeURIComponent(this.jobId)}/logs`, {
-      query: last => ({ offset: last || '0' }),
+      query: last => ({ offset: last || this._offset || '0' }),
       endEvent: 'end',
       onOpen: () => this._setStatus(''),
       onError: (error, retry) => this._setStatus(retry ? `reconnecting: ${error.message}` : error.message),
       onMessage: m => {
+        if (m.id) {
+          this._offset = m.id;
+        }
         if (m.event === 'end') {
           this._ended = true;
           this._setStatus('');
@@ -86,6 +106,7 @@ export class LogView extends Widget {
           } catch {
             // as it came
           }
+          this._stopped = true;
           this._stream?.close();
           this._setStatus(`the log stopped: ${why}`);
         } else if (m.event === 'message' && m.data) {
@@ -97,6 +118,11 @@ export class LogView extends Widget {
         }
       }
     });
+  }
+
+  private _pause(): void {
+    this._stream?.close();
+    this._stream = null;
   }
 
   /** Add one piece of the log (several lines, or the rest of a line). */
@@ -164,7 +190,12 @@ export class LogView extends Widget {
   }
 
   protected onAfterShow(): void {
+    this._connect();
     this._scheduleRender();
+  }
+
+  protected onAfterHide(): void {
+    this._pause();
   }
 
   protected onResize(): void {
@@ -172,7 +203,14 @@ export class LogView extends Widget {
   }
 
   protected onAfterAttach(): void {
+    if (this.isVisible) {
+      this._connect();
+    }
     this._scheduleRender();
+  }
+
+  protected onBeforeDetach(): void {
+    this._pause();
   }
 
   private _setStatus(text: string): void {
@@ -294,6 +332,8 @@ export class LogView extends Widget {
   /** Per stream, the index of its line still being written (no '\n' yet), or -1. */
   private _open = [-1, -1, -1];
   private _ended = false;
+  private _stopped = false;
+  private _offset = '';
   private _following = true;
   private _autoTop = -1;
   private _pool: HTMLDivElement[] = [];
