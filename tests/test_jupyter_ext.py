@@ -421,8 +421,14 @@ def test_files_streamed_then_ttl_delete_data_delete(
     p.cmd = "python script.py"
     job_id = client.create(p, [LocalFile(script, "script.py", "", False)])
     assert client.run(job_id).ok
+    failing = client.create(jobs_pb2.JobParameters(cmd="sh -c 'exit 3'"))
+    assert client.run(failing).return_code == 3
 
     async def go() -> None:
+        code, one = await call(jp_fetch, "GET", "ds-jobs", "jobs", job_id)
+        assert code == 200 and one["return_code"] == 0 and one["status"] == "SUCCESS"
+        code, bad = await call(jp_fetch, "GET", "ds-jobs", "jobs", failing)
+        assert code == 200 and bad["return_code"] == 3 and bad["status"] == "ERROR"
         code, files = await call(jp_fetch, "GET", "ds-jobs", "jobs", job_id, "files")
         by = {(f["kind"], f["path"]): f for f in files["files"]}
         assert code == 200 and {("output", "res.txt"), ("output", "d"), ("log", "stdout.log")} <= set(by)

@@ -2,6 +2,7 @@
 
 * :func:`list_page`: one page of ``List`` with the token of the next (``list_jobs`` hides it);
 * :func:`running_progress`: the Execute operation's ``JobProgress`` of a job that has run;
+* :func:`run_return_code`: the return code of a finished job's run;
 * :func:`follow_batches`: the job's log as ``(messages, offset after them)`` batches, resumed
   from the last offset after a dropped stream (:func:`~.logfollow.follow`);
 * :func:`open_job_file`: one file of a job as a readable byte stream: the blob of a job server on
@@ -27,7 +28,7 @@ from jupyter_ds_jobs.core.client import JobsClient
 from jupyter_ds_jobs.core.jobfiles import local_blob
 from jupyter_ds_jobs.core.logfollow import follow
 
-__all__ = ["OnBatch", "follow_batches", "list_page", "open_job_file", "running_progress"]
+__all__ = ["OnBatch", "follow_batches", "list_page", "open_job_file", "run_return_code", "running_progress"]
 
 #: ``on_batch(messages, offset)``: the messages of one ``ReadLogs`` batch and the offset after them.
 OnBatch = Callable[[list[pjs_pb2.LogMessage], int], None]
@@ -46,6 +47,19 @@ def list_page(
         project_id=client._project(project_id), page_size=page_size, page_token=page_token, filter=flt
     )
     return cast(pjs_pb2.ListProjectJobResponse, client._rpc(client._jobs.List, req))
+
+
+def run_return_code(client: JobsClient, job_id: str) -> int | None:
+    """The return code of a finished job's run (``ExecuteProjectJobResponse.result``), None when
+    the run ended without one (cancelled before it started, failed to prepare).
+
+    Only for a job that has been executed (``started_at`` set), as :func:`running_progress`.
+    """
+    op = client.execute(job_id)
+    resp = pjs_pb2.ExecuteProjectJobResponse()
+    if op.done and op.HasField("response") and op.response.Unpack(resp) and resp.HasField("result"):
+        return int(resp.result.return_code)
+    return None
 
 
 def running_progress(client: JobsClient, job_id: str) -> jobs_pb2.JobProgress | None:

@@ -16,10 +16,10 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from jupyter_ds_jobs.common.contract import RUNNING_STATUSES
+from jupyter_ds_jobs.common.contract import FINAL_STATUSES, RUNNING_STATUSES
 from jupyter_ds_jobs.common.errors import DsJobsError, InvalidArgument
 from jupyter_ds_jobs.core.client import JobsClient
-from jupyter_ds_jobs.core.reads import list_page, running_progress
+from jupyter_ds_jobs.core.reads import list_page, run_return_code, running_progress
 from jupyter_ds_jobs.jupyter_ext.backend import JobsBackend
 from jupyter_ds_jobs.jupyter_ext.watcher import JobWatcher
 from jupyter_ds_jobs.jupyter_ext.wire import (
@@ -112,6 +112,13 @@ def _job_with_progress(client: JobsClient, job_id: str) -> dict[str, Any]:
             progress = None
         if progress is not None:
             out["progress"] = message_json(progress)
+    elif job.status in FINAL_STATUSES and job.HasField("started_at"):  # it ran: its run's result
+        try:
+            code = run_return_code(client, job_id)
+        except DsJobsError:
+            code = None
+        if code is not None:
+            out["return_code"] = code
     return out
 
 
