@@ -223,6 +223,16 @@ def _add_isolation(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_executor(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where jobs run (docs/ray.md)")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: subprocesses of this server (default); ray: Ray jobs on a Ray cluster "
+                   "(experimental; pip install jupyter_ds_jobs[ray])")  # fmt: skip
+    g.add_argument("--ray-address", default="auto", metavar="URL",
+                   help="the Ray Jobs API address, as 'ray job submit --address' takes it "
+                   "(http://HEAD:8265), or auto for a local head (default: auto)")  # fmt: skip
+
+
 def _add_resources(p: argparse.ArgumentParser) -> None:
     """What jobs get of this machine (docs/server.md, "Resources")."""
     p.add_argument("--instance-types-file", type=Path, default=None, metavar="JSON",
@@ -275,6 +285,7 @@ def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="comma-separated instance types this server accepts (default: c1.4, c1.8, c1.32, g1.1, g2.1, ...)",
     )
     _add_resources(p)
+    _add_executor(p)
     p.add_argument(
         "--no-warm-start",
         dest="warm_start",

@@ -65,6 +65,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         memory_gib=args.memory_gib,
         gpus=args.gpus,
         strict_resources=args.strict_resources,
+        executor=args.executor,
+        ray_address=args.ray_address,
     )
     return run_server(opts)
 

@@ -35,7 +35,8 @@ from jupyter_ds_jobs.common.connection import (
 )
 from jupyter_ds_jobs.common.errors import InvalidArgument
 from jupyter_ds_jobs.server.blobs import BlobStore
-from jupyter_ds_jobs.server.executors import LocalExecutor, ZygoteExecutor
+from jupyter_ds_jobs.server.executors import Executor, LocalExecutor, ZygoteExecutor
+from jupyter_ds_jobs.server.executors.ray_channel import RayChannels
 from jupyter_ds_jobs.server.http import make_http_server
 from jupyter_ds_jobs.server.jobs import Jobs
 from jupyter_ds_jobs.server.logs import LogStore
@@ -82,6 +83,10 @@ class ServerOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    #: Where job commands run: "local" (subprocesses here) or "ray" (experimental, docs/ray.md:
+    #: Ray jobs on the cluster whose Jobs API is ``ray_address``, or "auto" for a local head).
+    executor: str = "local"
+    ray_address: str = "auto"
     #: Resources (docs/server.md, "Resources"): instance types as profiles (None: the contract's
     #: table, or ``instance_types_file``'s), the machine's capacity as declared (None: detected).
     instance_type_profiles: dict[str, Profile] | None = None
@@ -102,6 +107,7 @@ class JobServer:
         self._http: Any = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self.ray_channels: RayChannels | None = None  # the Ray executor's job channels
 
     def _build(self) -> Jobs:
         sd = self.state_dir
@@ -136,7 +142,7 @@ class JobServer:
             sd / "projects",
             max_concurrent=self.opts.max_concurrent_jobs,
             environments=environments,
-            executor=ZygoteExecutor(self.sandbox) if self.opts.warm_start else LocalExecutor(self.sandbox),
+            executor=self._executor(),
             work_root=sd / "work",
             resources=self.resources,
         )
@@ -151,6 +157,20 @@ class JobServer:
             resources=self.resources,
             environments=environments,
         )
+
+    def _executor(self) -> Executor:
+        if self.opts.executor == "ray":
+            from jupyter_ds_jobs.server.executors.ray_executor import RayExecutor, job_instance_type
+
+            self.ray_channels = RayChannels(self.blobs.secret)
+            store = self.store
+            return RayExecutor(
+                self.opts.ray_address, self.ray_channels, lambda jid: job_instance_type(store.get_job(jid)),
+                self.sandbox,
+            )  # fmt: skip
+        if self.opts.executor != "local":
+            raise InvalidArgument(f"--executor: {self.opts.executor!r} is neither 'local' nor 'ray'")
+        return ZygoteExecutor(self.sandbox) if self.opts.warm_start else LocalExecutor(self.sandbox)
 
     async def start(self) -> ConnectionInfo:
         self.jobs = self._build()
@@ -178,7 +198,10 @@ class JobServer:
             raise OSError(f"cannot listen for gRPC on {host}:{self.opts.port}")
         await server.start()
         self._grpc = server
-        self._http = make_http_server(self.blobs, ssl_options=tls[1] if tls else None)
+        channels = self.ray_channels
+        self._http = make_http_server(
+            self.blobs, ssl_options=tls[1] if tls else None, routes=channels.routes() if channels else ()
+        )
         sockets = _bind_tcp(host, self.opts.http_port)
         self._http.add_sockets(sockets)
         http_port = sockets[0].getsockname()[1]
@@ -186,6 +209,8 @@ class JobServer:
         pub = f"[{public}]" if ":" in public else public
         http_url = f"{'https' if tls else 'http'}://{pub}:{http_port}"
         self.blobs.base_url = http_url
+        if channels is not None:
+            channels.base_url = http_url
         self.info = ConnectionInfo(
             endpoint=f"{pub}:{port}",
             http_url=http_url,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import tornado.httpserver
@@ -132,13 +132,15 @@ class HealthHandler(tornado.web.RequestHandler):
 
 
 def make_http_server(
-    store: BlobStore, *, ssl_options: ssl.SSLContext | None = None
+    store: BlobStore, *, ssl_options: ssl.SSLContext | None = None, routes: Sequence[Any] = ()
 ) -> tornado.httpserver.HTTPServer:
-    """The file endpoint (signed blob PUT / GET, ``/health``); HTTPS with ``ssl_options``."""
+    """The file endpoint (signed blob PUT / GET, ``/health``, an executor's ``routes``: the Ray
+    executor's job channels); HTTPS with ``ssl_options``."""
     app = tornado.web.Application(
         [
             (r"/blobs/([^/?]+)", BlobHandler, {"store": store}),
             (r"/health", HealthHandler),
+            *routes,
         ],
     )
     return tornado.httpserver.HTTPServer(

@@ -1,0 +1,209 @@
+"""Run job commands as Ray jobs (experimental): ``--executor ray --ray-address http://HEAD:8265``.
+
+The service, its SQLite state, blobs and signed URLs stay on the job server; Ray only runs the
+job's process. Each job is a Ray job (``JobSubmissionClient.submit_job``) whose entrypoint is the
+self-contained wrapper ``_ray_wrapper.py`` with the job's signed channel URL (``ray_channel``):
+the wrapper fetches the command's spec, runs it, posts stdout and stderr with their offsets as
+they are written, relays signals and reports the exit code.
+
+Resources: the job's instance type (``contract.INSTANCE_TYPES``) becomes ``entrypoint_num_cpus``,
+``entrypoint_num_gpus`` and ``entrypoint_memory``; cpus and memory are clamped to what the cluster
+has, GPUs are not (a GPU type on a cluster without enough GPUs is refused). Ray cannot stop a
+PENDING job, so a job is submitted only when the cluster reports room for it (its usage beside
+what this executor has submitted and not seen end).
+
+Limits (why it is experimental): the job's working dir, its environment and the wrapper are
+paths on the job server's filesystem, so a Ray node must share them (the same machine, or a
+shared filesystem at the same paths). A Ray job that ends without the wrapper reporting an exit
+code (a lost node, a killed wrapper) raises :class:`Aborted`: the job ends in ERROR saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import marshal
+import signal
+import sys
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from jupyter_ds_jobs.common.contract import INSTANCE_TYPES
+from jupyter_ds_jobs.common.errors import Aborted, FailedPrecondition
+from jupyter_ds_jobs.server.executors.base import OutputSink
+from jupyter_ds_jobs.server.executors.local import SHELL, direct_argv
+from jupyter_ds_jobs.server.executors.ray_channel import Channel, RayChannels
+from jupyter_ds_jobs.server.sandbox import APPLY_SCRIPT, JobSandbox, Sandbox
+
+__all__ = ["RayExecutor", "RayProcess", "job_instance_type"]
+
+WRAPPER = str(Path(__file__).with_name("_ray_wrapper.py"))
+_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+_POLL_S = 0.5
+
+
+def _resources(name: str | None, totals: Mapping[str, float]) -> tuple[float, int, int]:
+    """(cpus, gpus, memory bytes) for instance type ``name`` on a cluster with ``totals``."""
+    it = INSTANCE_TYPES.get(name or "")
+    if it is None:
+        return min(1.0, totals.get("CPU", 1.0)), 0, 0
+    if it.gpus > totals.get("GPU", 0):
+        raise FailedPrecondition(
+            f"instance type {it.name} needs {it.gpus} GPU(s); the Ray cluster has {totals.get('GPU', 0):g}"
+        )
+    mem = min(it.memory_gib * 2**30, int(totals.get("memory", 0)))
+    return min(float(it.cpus), totals.get("CPU", 1.0)), it.gpus, mem
+
+
+class RayProcess:
+    """A started Ray job; ``pid`` is 0 (the process is on a Ray node, not here)."""
+
+    pid = 0
+
+    def __init__(
+        self, executor: RayExecutor, sid: str, ch: Channel, job: JobSandbox, held: tuple[float, ...]
+    ):
+        self.executor, self.sid, self.ch, self.job, self.held = executor, sid, ch, job, held
+        self.isolation = f"Ray job {sid}; on the node: {job.description}"
+        self._killed = False
+
+    async def wait(self) -> int:
+        try:
+            return await self._wait()
+        finally:
+            self.executor.channels.close(self.ch)
+            self.executor.release(self.held)
+            await asyncio.to_thread(self.job.cleanup)
+
+    async def _wait(self) -> int:
+        while True:
+            done, _ = await asyncio.wait([self.ch.exit], timeout=1.0)
+            if done:
+                return self.ch.exit.result()
+            info = await asyncio.to_thread(self.executor.client.get_job_info, self.sid)
+            status = str(getattr(info.status, "value", info.status))
+            if status in _TERMINAL:
+                with contextlib.suppress(TimeoutError):  # its exit report may be on its way
+                    return await asyncio.wait_for(asyncio.shield(self.ch.exit), 3.0)
+                if self._killed:
+                    return -int(signal.SIGKILL)
+                where = "" if self.ch.fetched else " before its wrapper started"
+                raise Aborted(
+                    f"the Ray job {self.sid} ended ({status}{': ' + info.message if info.message else ''})"
+                    f"{where} without reporting an exit code: the wrapper or its node was lost"
+                )
+
+    def signal(self, signum: int) -> None:
+        self.ch.send(signum)
+
+    def kill_all(self) -> None:
+        self._killed = True
+        self.ch.send(int(signal.SIGKILL))
+        asyncio.get_running_loop().call_later(3.0, self._stop_ray_job)  # a wrapper that does not answer
+
+    def _stop_ray_job(self) -> None:
+        if not self.ch.exit.done():
+            fut = asyncio.ensure_future(asyncio.to_thread(self.executor.client.stop_job, self.sid))
+            fut.add_done_callback(lambda f: f.exception())
+
+
+class RayExecutor:
+    """Submits each command as a Ray job on the cluster at ``address`` (the Jobs API address or
+    ``auto``); ``instance_type(job_id)`` names the job's instance type."""
+
+    def __init__(
+        self,
+        address: str,
+        channels: RayChannels,
+        instance_type: Callable[[str], str | None],
+        sandbox: Sandbox | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.address = address
+        self.channels = channels
+        self.instance_type = instance_type
+        self.sandbox = sandbox
+        self.python = python
+        self._client: Any = None
+        self._held = [0.0, 0.0, 0.0]  # cpus, gpus, memory submitted and not seen end
+        self._room = asyncio.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient  # optional: jupyter_ds_jobs[ray]
+
+            self._client = JobSubmissionClient(self.address)
+        return self._client
+
+    def cluster(self) -> dict[str, tuple[float, float]]:
+        """The cluster's resources as (used, total), from the dashboard's cluster status."""
+        url = f"{self.client.get_address()}/api/cluster_status"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            usage = json.load(resp)["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
+        return {k: (float(v[0]), float(v[1])) for k, v in usage.items()}
+
+    def release(self, held: tuple[float, ...]) -> None:
+        for i, v in enumerate(held):
+            self._held[i] -= v
+
+    async def _wait_for_room(self, name: str | None) -> tuple[float, int, int]:
+        """Hold the job's resources once the cluster has room for them."""
+        async with self._room:
+            while True:
+                usage = await asyncio.to_thread(self.cluster)
+                totals = {k: t for k, (_, t) in usage.items()}
+                want = _resources(name, totals)
+                keys = ("CPU", "GPU", "memory")
+                if all(
+                    w <= usage.get(k, (0.0, 0.0))[1] - max(usage.get(k, (0.0, 0.0))[0], h) + 1e-9
+                    for k, w, h in zip(keys, want, self._held, strict=True)
+                ):
+                    for i, w in enumerate(want):
+                        self._held[i] += w
+                    return want
+                await asyncio.sleep(_POLL_S)
+
+    async def start(self, cmd: str, cwd: Path, env: Mapping[str, str], sink: OutputSink) -> RayProcess:
+        if self.sandbox is None:
+            job = JobSandbox(None, dict(env), None, "none")
+        else:
+            job = await asyncio.to_thread(self.sandbox.prepare, cwd, env)
+        try:
+            return await self._submit(cmd, cwd, job, sink)
+        except BaseException:
+            job.cleanup()
+            raise
+
+    async def _submit(self, cmd: str, cwd: Path, job: JobSandbox, sink: OutputSink) -> RayProcess:
+        argv = direct_argv(cmd, job.env.get("PATH", "")) or [SHELL, "-c", cmd]
+        if job.policy is not None:
+            argv = [sys.executable, "-I", "-S", APPLY_SCRIPT, marshal.dumps(job.policy).hex(), *argv]
+        cpus, gpus, mem = await self._wait_for_room(self.instance_type(cwd.name))
+        ch, url = self.channels.open({"argv": argv, "cwd": str(cwd), "env": job.env, "gpus": gpus}, sink)
+        sid = f"dsjobs-{cwd.name}-{ch.key[:8]}"
+        try:
+            await asyncio.to_thread(
+                self.client.submit_job,
+                entrypoint=f"{self.python} -I -S {WRAPPER} '{url}'",
+                submission_id=sid,
+                entrypoint_num_cpus=cpus,
+                entrypoint_num_gpus=gpus,
+                entrypoint_memory=mem or None,
+            )
+        except BaseException:
+            self.channels.close(ch)
+            self.release((cpus, gpus, mem))
+            raise
+        return RayProcess(self, sid, ch, job, (cpus, gpus, mem))
+
+
+def job_instance_type(job: Any) -> str | None:
+    """The instance type a job runs as: the one the server chose, else the first it asked for."""
+    if job.HasField("actual_cloud_instance_type") and job.actual_cloud_instance_type.name:
+        return str(job.actual_cloud_instance_type.name)
+    types = job.job_parameters.cloud_instance_types
+    return str(types[0].name) if types else None

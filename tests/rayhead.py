@@ -1,0 +1,108 @@
+"""A private Ray head for tests: its own temp dir, ports and declared CPUs / GPUs, on 127.0.0.1.
+
+Stopped by the processes it started (never ``ray stop``): those whose command line names its
+temp dir or its GCS port, and their descendants; SIGTERM, a wait, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+__all__ = ["RayHead", "start_head"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class RayHead:
+    temp_dir: Path
+    gcs_port: int
+    dashboard_port: int
+
+    @property
+    def address(self) -> str:
+        """The Jobs API address (what ``ray job submit --address`` takes)."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def processes(self) -> list[psutil.Process]:
+        marks = (str(self.temp_dir), f":{self.gcs_port}")
+        found: dict[int, psutil.Process] = {}
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or ())
+            if any(m in cmd for m in marks) and p.pid != os.getpid():
+                found[p.pid] = p
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    found.update((c.pid, c) for c in p.children(recursive=True))
+        return list(found.values())
+
+    def stop(self) -> None:
+        procs = self.processes()
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=5)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+
+def start_head(num_cpus: int = 2, num_gpus: int = 2, tries: int = 2) -> RayHead:
+    """A new head; ``ray start`` waits 30 s at most for its raylet, which a loaded machine can
+    miss: one more try then."""
+    for left in range(tries - 1, -1, -1):
+        try:
+            return _start_head(num_cpus, num_gpus)
+        except RuntimeError:
+            if not left:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_head(num_cpus: int, num_gpus: int) -> RayHead:
+    # A short temp dir: Ray's unix socket paths must stay under 107 bytes.
+    head = RayHead(Path(tempfile.mkdtemp(prefix="ray", dir="/tmp")), _free_port(), _free_port())
+    ray = Path(sys.executable).with_name("ray")
+    cmd = [
+        str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(head.gcs_port),
+        "--temp-dir", str(head.temp_dir), "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(head.dashboard_port),
+        "--ray-client-server-port", str(_free_port()), "--disable-usage-stats",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    except BaseException:
+        head.stop()
+        raise
+    if done.returncode:
+        head.stop()
+        raise RuntimeError(
+            f"ray start failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        )
+    return head
+
+
+if __name__ == "__main__":  # a head for trying things by hand: prints its address, stops on Enter
+    h = start_head()
+    print(h.address, h.temp_dir, flush=True)
+    try:
+        input()
+    finally:
+        h.stop()
+        time.sleep(0)
