@@ -24,6 +24,7 @@ from jupyter_ds_jobs.common import errors
 from jupyter_ds_jobs.common.contract import DEFAULT_INSTANCE_TYPE, INSTANCE_TYPES
 from jupyter_ds_jobs.common.errors import ConfigError
 from jupyter_ds_jobs.packaging.jobspec import parse_config
+from jupyter_ds_jobs.server.app import ServerOptions
 from tests.conftest import RunningServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,14 @@ def _create(server: RunningServer, instance_type: str) -> jobs_pb2.Job:
         return job
     finally:
         ch.close()
+
+
+@pytest.fixture
+def server_options(server_options: ServerOptions) -> ServerOptions:
+    # every type must be able to run here: declare the GPUs the largest ones need (the names are
+    # the contract; whether a machine has the GPUs is tests/test_resources.py's concern)
+    server_options.gpus = max(t.gpus for t in INSTANCE_TYPES.values())
+    return server_options
 
 
 def test_client_and_server_accept_the_same_instance_types(server: RunningServer, tmp_path: Path) -> None:
