@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -37,12 +38,8 @@ TICKS = 'python3 -u -c "import time\nfor _ in range(15): print(repr(time.time())
 CPUS = 2  # c1.4 on the 2-CPU head: clamped to 2, the same for Ray's own submits
 
 
-def ray_wait(client: object, sid: str) -> None:
-    while str(client.get_job_status(sid)) not in (
-        "JobStatus.SUCCEEDED",
-        "JobStatus.FAILED",
-        "JobStatus.STOPPED",
-    ):  # type: ignore[attr-defined]
+def ray_wait(client: Any, sid: str) -> None:
+    while not client.get_job_status(sid).is_terminal():
         time.sleep(0.01)
 
 

@@ -178,6 +178,20 @@ class RayExecutor:
             job.cleanup()
             raise
 
+    @staticmethod
+    async def _retry_submit(submit: Callable[..., Any], **kwargs: Any) -> None:
+        """``submit(**kwargs)``, again while a head that just started has no job agent yet (Ray
+        answers 500 "No available agent to submit job, please try again later"), up to a minute."""
+        for delay in (0.2, 0.5, 1, 2, 4, 8, 15, 30):
+            try:
+                await asyncio.to_thread(submit, **kwargs)
+                return
+            except RuntimeError as e:
+                if "No available agent" not in str(e):
+                    raise
+            await asyncio.sleep(delay)
+        await asyncio.to_thread(submit, **kwargs)
+
     async def _submit(self, cmd: str, cwd: Path, job: JobSandbox, sink: OutputSink) -> RayProcess:
         argv = direct_argv(cmd, job.env.get("PATH", "")) or [SHELL, "-c", cmd]
         if job.policy is not None:
@@ -186,7 +200,7 @@ class RayExecutor:
         ch, url = self.channels.open({"argv": argv, "cwd": str(cwd), "env": job.env, "gpus": gpus}, sink)
         sid = f"dsjobs-{cwd.name}-{ch.key[:8]}"
         try:
-            await asyncio.to_thread(
+            await self._retry_submit(
                 self.client.submit_job,
                 entrypoint=f"{self.python} -I -S {WRAPPER} '{url}'",
                 submission_id=sid,
