@@ -12,7 +12,8 @@ import jupyter_ds_jobs
 MODULES = sorted(
     m.name
     for m in pkgutil.walk_packages(jupyter_ds_jobs.__path__, "jupyter_ds_jobs.")
-    if "._proto." not in m.name and not m.name.endswith(("__main__", "_zygote_main", "._version"))
+    if "._proto." not in m.name
+    and not m.name.endswith(("__main__", "_zygote_main", "_ray_wrapper", "._version"))
 )
 
 
