@@ -83,6 +83,14 @@ def _start_head(num_cpus: int, num_gpus: int) -> RayHead:
         "--temp-dir", str(head.temp_dir), "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus),
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(head.dashboard_port),
         "--ray-client-server-port", str(_free_port()), "--disable-usage-stats",
+        # Every port of its own: Ray's fixed defaults (the job agent's 52365, ...) may be taken
+        # by another head on a shared machine, and a head whose job agent cannot bind takes no job.
+        "--dashboard-agent-listen-port", str(_free_port()),
+        "--dashboard-agent-grpc-port", str(_free_port()),
+        "--runtime-env-agent-port", str(_free_port()),
+        "--metrics-export-port", str(_free_port()),
+        "--node-manager-port", str(_free_port()),
+        "--object-manager-port", str(_free_port()),
     ]  # fmt: skip
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     try:
@@ -95,7 +103,39 @@ def _start_head(num_cpus: int, num_gpus: int) -> RayHead:
         raise RuntimeError(
             f"ray start failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}"
         )
+    try:
+        _wait_for_job_agent(head)
+    except BaseException:
+        head.stop()
+        raise
     return head
+
+
+def _wait_for_job_agent(head: RayHead, timeout: float = 180.0) -> None:
+    """Until the head takes a job: ``ray start`` returns before its job agent is up, and on a
+    loaded machine that agent may need a minute. A trivial job, submitted until one is taken and
+    waited for; a head that never takes one fails here, with the end of its agent's log."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout
+    client = JobSubmissionClient(head.address)
+    while True:
+        try:
+            sid = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray head takes no job: {e}\n{_agent_log(head)}") from e
+            time.sleep(0.5)
+    while not client.get_job_status(sid).is_terminal():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Ray head's first job did not end\n{_agent_log(head)}")
+        time.sleep(0.2)
+
+
+def _agent_log(head: RayHead) -> str:
+    logs = sorted(head.temp_dir.glob("session_*/logs/dashboard_agent.log"))
+    return logs[-1].read_text(errors="replace")[-3000:] if logs else "(no dashboard_agent.log)"
 
 
 if __name__ == "__main__":  # a head for trying things by hand: prints its address, stops on Enter

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_ds_jobs.common.contract import INSTANCE_TYPES
-from jupyter_ds_jobs.common.errors import Aborted, FailedPrecondition
+from jupyter_ds_jobs.common.errors import Aborted, FailedPrecondition, Unavailable
 from jupyter_ds_jobs.server.executors.base import OutputSink
 from jupyter_ds_jobs.server.executors.local import SHELL, direct_argv
 from jupyter_ds_jobs.server.executors.ray_channel import Channel, RayChannels
@@ -178,19 +178,25 @@ class RayExecutor:
             job.cleanup()
             raise
 
-    @staticmethod
-    async def _retry_submit(submit: Callable[..., Any], **kwargs: Any) -> None:
+    async def _retry_submit(self, submit: Callable[..., Any], **kwargs: Any) -> None:
         """``submit(**kwargs)``, again while a head that just started has no job agent yet (Ray
-        answers 500 "No available agent to submit job, please try again later"), up to a minute."""
-        for delay in (0.2, 0.5, 1, 2, 4, 8, 15, 30):
+        answers 500 "No available agent to submit job, please try again later"), up to a minute;
+        then the job ends in ERROR saying the cluster takes no job, and why it may not."""
+        for delay in (0.2, 0.5, 1, 2, 4, 8, 15, 30, 0):
             try:
                 await asyncio.to_thread(submit, **kwargs)
                 return
-            except RuntimeError as e:
+            except (RuntimeError, OSError) as e:  # the SDK's HTTP errors; an unreachable head
                 if "No available agent" not in str(e):
-                    raise
+                    raise Unavailable(f"the Ray cluster at {self.address}: {e}") from e
+                if not delay:
+                    raise FailedPrecondition(
+                        f"the Ray cluster at {self.address} takes no job: it has no job agent "
+                        f"(Ray: {str(e).strip()}). A head's job agent may fail to start when a "
+                        "port it needs is taken (52365 by default: ray start "
+                        "--dashboard-agent-listen-port); see the head's dashboard_agent.log"
+                    ) from None
             await asyncio.sleep(delay)
-        await asyncio.to_thread(submit, **kwargs)
 
     async def _submit(self, cmd: str, cwd: Path, job: JobSandbox, sink: OutputSink) -> RayProcess:
         argv = direct_argv(cmd, job.env.get("PATH", "")) or [SHELL, "-c", cmd]
