@@ -122,6 +122,9 @@ class DsJob:
         self.files: list[Path] = []
         #: Output files over the cap, left with the job: ``{path: why}``.
         self.files_left: dict[str, str] = {}
+        #: The runner's own files that a successful job did not bring back: ``{path: why}`` (the
+        #: runner writes every one it declares, so each is a real problem, e.g. ``os._exit``).
+        self.runner_file_errors: dict[str, str] = {}
         self.unpicklable: dict[str, str] = {}
         self.error: BaseException | None = None
         self._op = op
@@ -149,8 +152,6 @@ class DsJob:
         source = m.WhichOneof("source")
         if source == "file_path":
             text = m.content.decode("utf-8", "replace").rstrip("\n")
-            if "_ds_" in text:  # the runner's own files (e.g. no _ds_error.json: no error)
-                return
             if self.cell is not None and any(
                 f"{p!r} was not created" in text for p in self.cell.written_files
             ):
@@ -307,6 +308,7 @@ class DsJob:
             message = f"could not bring the results back: {e}"
             self.error = self.error or e
         finally:
+            problems = [*self.runner_file_errors.values(), *self.files_left.values()]
             self.view.finished(
                 Summary(
                     status=self.status,
@@ -315,7 +317,7 @@ class DsJob:
                     variables=list(self.values),
                     files=[str(p) for p in self.files],
                     unpicklable=self.unpicklable,
-                    message="\n".join(filter(None, [*self.files_left.values(), message or error])),
+                    message="\n".join(filter(None, [*problems, message or error])),
                 )
             )
             self.view.close()
@@ -325,6 +327,7 @@ class DsJob:
         result = self._result
         if result is not None and result.output_files:  # the URLs came with the operation
             storage = list(result.output_files)
+            errors = list(result.file_errors)
             ours_s = [sf for sf in storage if ours_p(sf.file.desc.path)]
             user_s = [sf for sf in storage if not ours_p(sf.file.desc.path)]
             ours: list[jobs_pb2.StorageFile] | list[jobs_pb2.File] = ours_s
@@ -333,7 +336,8 @@ class DsJob:
             def fetch(items: Any, dest: Path, extract: bool) -> list[Path]:
                 return list(self.client.download_storage_files(items, dest, extract=extract))
         else:  # ask the server for them
-            files = list(self.client.get(self.job_id).output_files)
+            job = self.client.get(self.job_id)
+            files, errors = list(job.output_files), list(job.file_errors)
             ours = [f for f in files if ours_p(f.desc.path)]
             user = [f for f in files if not ours_p(f.desc.path)]
 
@@ -346,6 +350,8 @@ class DsJob:
             by_name = {p.name: p for p in got}
             outputs = tmp / OUTPUTS_DIR if (tmp / OUTPUTS_DIR / OUTPUTS_MANIFEST).exists() else None
             res = celljob.load_cell_results(outputs or by_name.get(OUTPUTS_ZIP), by_name.get(ERROR_FILE))
+            if self.status == "SUCCESS":
+                self.runner_file_errors = _runner_file_errors(errors, bool(outputs or OUTPUTS_ZIP in by_name))
             self.unpicklable = res.unpicklable
             self.error = res.error
             user = self._within_cap(user)
@@ -362,7 +368,7 @@ class DsJob:
             shutil.rmtree(tmp, ignore_errors=True)
         for name, why in self.unpicklable.items():
             print(f"ds_job: variable {name!r} did not come back: {why}", file=sys.stderr)
-        for why in self.files_left.values():
+        for why in [*self.runner_file_errors.values(), *self.files_left.values()]:
             print(f"ds_job: {why}", file=sys.stderr)
 
     def _within_cap(self, files: Any) -> Any:
@@ -407,6 +413,21 @@ class DsJob:
         if self._result is None:
             return ""
         return str(self._result.job.status_details)
+
+
+def _runner_file_errors(errors: list[jobs_pb2.FileUploadError], outputs_came_back: bool) -> dict[str, str]:
+    """``{path: why}`` of the errors about the cell runner's own files (not the user's) that are news.
+
+    The runner writes every file it declares, so each is; but a file not found while the outputs
+    manifest came back is one an older runner did not write (``_ds_error.json`` when the cell raised
+    nothing, ``<name>.pkl`` for a variable that did not come back): no news then.
+    """
+    return {
+        e.output_file_desc.path: e.description
+        for e in errors
+        if celljob.is_cell_output(e.output_file_desc.path)
+        and not (outputs_came_back and e.type == jobs_pb2.FileUploadError.NOT_FOUND)
+    }
 
 
 def _with_remote_traceback(exc: BaseException, job_id: str) -> BaseException:

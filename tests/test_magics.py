@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from jupyter_ds_jobs._proto import jobs_pb2
+from jupyter_ds_jobs._proto import jobs_pb2, pjs_pb2
 from jupyter_ds_jobs.common.errors import InvalidArgument, JobFailed
 from jupyter_ds_jobs.core.client import JobsClient
+from jupyter_ds_jobs.core.transfer import LocalFile
 from jupyter_ds_jobs.magics import DsJob, DsJobsMagics
 from jupyter_ds_jobs.packaging import celljob
 from jupyter_ds_jobs.packaging.cellio import UnpicklableInput
@@ -227,6 +228,124 @@ def test_exit_without_exception_raises_with_code_and_last_lines(
     with pytest.raises(JobFailed, match=r"exit code 3(.|\n)*about to leave") as info:
         run(shell, "", "print('about to leave')\nimport sys\nsys.exit(3)\n")
     assert info.value.return_code == 3
+
+
+def system_log(client: JobsClient, job_id: str) -> str:
+    """The server's system log lines of a finished job (what it says about the job's files)."""
+    lines: list[str] = []
+
+    def on(m: pjs_pb2.LogMessage) -> None:
+        if m.WhichOneof("source") == "file_path":
+            lines.append(m.content.decode("utf-8", "replace"))
+
+    client.follow_logs(job_id, on)
+    return "".join(lines)
+
+
+def test_the_runners_files_leave_no_file_error_whether_the_cell_succeeds_or_raises(
+    shell: InteractiveShell, magics: DsJobsMagics, client: JobsClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a success, with a variable the cell may not bind and one it cannot send back: every file the
+    # job declares for the runner is there (_ds_error.json says "no error")
+    run(shell, "-o h", "x = 1\nif x > 1:\n    never = 2\nimport threading\nlk = threading.Lock()\n")
+    job: DsJob = shell.user_ns["h"]
+    assert job.status == "SUCCESS" and job.error is None and job.runner_file_errors == {}
+    assert shell.user_ns["x"] == 1 and "never" not in shell.user_ns and "lk" in job.unpicklable
+    got = client.get(job.job_id)
+    assert list(got.file_errors) == []
+    assert "_ds_error.json" in {f.desc.path for f in got.output_files}
+    system = system_log(client, job.job_id)
+    assert "process exited with code 0" in system and "was not created" not in system
+    assert "was not created" not in capsys.readouterr().err
+
+    # a failure brings its exception back (type, message, cell line), and no file error either
+    with pytest.raises(ValueError, match=r"^bad value 7$") as info:
+        run(shell, "-o h", "a = 1\nraise ValueError(f'bad value {a + 6}')\nlater = 2\n")
+    assert type(info.value) is ValueError
+    text = "\n".join(info.value._render_traceback_())  # type: ignore[attr-defined]
+    assert 'File "<ds_job cell>", line 3' in text and "ValueError: bad value 7" in text
+    failed: DsJob = shell.user_ns["h"]
+    assert failed.status == "ERROR" and failed.return_code == 1 and shell.user_ns["a"] == 1
+    assert list(client.get(failed.job_id).file_errors) == []
+    assert "was not created" not in system_log(client, failed.job_id)
+
+    # an exception class of the cell's own comes back as that class, with its message
+    with pytest.raises(Exception, match="loss is nan") as info:
+        run(shell, "", "class TrainingFailed(Exception):\n    pass\nraise TrainingFailed('loss is nan')\n")
+    assert type(info.value).__name__ == "TrainingFailed" and str(info.value) == "loss is nan"
+
+
+def test_a_runner_file_the_job_did_not_bring_back_is_shown(
+    shell: InteractiveShell, magics: DsJobsMagics, client: JobsClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the cell ends the process before the runner writes the outputs: a real problem, now shown
+    run(shell, "-o h --outputs x", "import os\nx = 1\nos._exit(0)\n")
+    job: DsJob = shell.user_ns["h"]
+    assert job.status == "SUCCESS" and "x" not in shell.user_ns
+    missing = {e.output_file_desc.path for e in client.get(job.job_id).file_errors}
+    assert missing == {"_ds_outputs/x.pkl", "_ds_outputs/_manifest.json"}  # _ds_error.json is there
+    assert set(job.runner_file_errors) == missing
+    out = capsys.readouterr()
+    why = "ds_job: output file '_ds_outputs/_manifest.json' was not created by the job"
+    assert why in out.err and why[len("ds_job: ") :] in out.out  # on stderr and in the summary
+
+
+OLD_RUNNER = """\
+import json, os, pickle
+os.makedirs("_ds_outputs", exist_ok=True)
+with open("_ds_outputs/x.pkl", "wb") as f:
+    pickle.dump(41, f)
+with open("_ds_outputs/_manifest.json", "w") as f:
+    json.dump({"outputs": ["x"], "unpicklable": {}, "missing": ["gone"]}, f)
+"""
+
+
+def test_a_job_of_an_older_runner_still_reads_as_a_success(
+    shell: InteractiveShell,
+    magics: DsJobsMagics,
+    client: JobsClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # what a runner before "_ds_error.json is always written" left: no error file on success, no
+    # file for a variable that did not come back
+    (tmp_path / "old_runner.py").write_text(OLD_RUNNER)
+    params = jobs_pb2.JobParameters(cmd="python old_runner.py")
+    for path in ("_ds_outputs/x.pkl", "_ds_outputs/gone.pkl", "_ds_outputs/_manifest.json", "_ds_error.json"):
+        params.output_files.add(path=path)
+    job_id = client.create(params, [LocalFile(tmp_path / "old_runner.py", "old_runner.py", "", False)])
+    res = client.wait(job_id, client.execute(job_id))
+    assert res.ok, system_log(client, job_id)
+    assert {e.output_file_desc.path for e in client.get(job_id).file_errors} == {
+        "_ds_outputs/gone.pkl",
+        "_ds_error.json",
+    }
+    capsys.readouterr()
+    shell.run_line_magic("ds_job_attach", f"{job_id} -o old")
+    job: DsJob = shell.user_ns["old"]
+    assert shell.user_ns["x"] == 41 and job.error is None and job.runner_file_errors == {}
+    assert "ds_job: output file" not in capsys.readouterr().err
+
+
+def test_the_handle_shows_the_servers_lines_about_the_runners_files() -> None:
+    class Notes:
+        def __init__(self) -> None:
+            self.notes: list[str] = []
+
+        def note(self, text: str) -> None:
+            self.notes.append(text)
+
+    view = Notes()
+    job = DsJob(None, "dsj1", shell=None, view=view)  # type: ignore[arg-type]
+    for line in (
+        "output file '_ds_error.json' was not created by the job",
+        "output file '_ds_outputs/_manifest.json' not collected: Permission denied",
+    ):
+        job._on_log(pjs_pb2.LogMessage(file_path=".system.log", content=line.encode() + b"\n"))
+    assert view.notes == [
+        "output file '_ds_error.json' was not created by the job",
+        "output file '_ds_outputs/_manifest.json' not collected: Permission denied",
+    ]
 
 
 def test_interrupt_cancels_the_job(shell: InteractiveShell, magics: DsJobsMagics) -> None:

@@ -80,6 +80,13 @@ def error_json(job: Path) -> dict[str, Any]:
     return data
 
 
+def assert_no_error(job: Path) -> None:
+    """The job declares ``_ds_error.json``: the runner writes it (``null``) when the cell raised nothing."""
+    assert json.loads((job / "_ds_error.json").read_text(encoding="utf-8")) is None
+    assert load_error(job / "_ds_error.json") is None
+    assert not list(job.glob("*.tmp"))
+
+
 # --------------------------------------------------------------------------- round trips
 
 
@@ -116,7 +123,7 @@ def test_round_trip_values_function_and_class(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
-    assert not (job / "_ds_error.json").exists()
+    assert_no_error(job)
     values, unpicklable = read_outputs(job / "_ds_outputs")
     assert unpicklable == {}
     assert values["n"] == 42
@@ -168,7 +175,9 @@ def test_unpicklable_outputs_are_reported(tmp_path: Path) -> None:
     assert set(unpicklable) == {"gen", "lock"}
     assert "generator" in unpicklable["gen"]
     assert "lock" in unpicklable["lock"]
-    assert not (job / "_ds_outputs" / "gen.pkl").exists()
+    # each listed name is a declared output file of the job: an empty one for what did not come back
+    assert (job / "_ds_outputs" / "gen.pkl").read_bytes() == b""
+    assert (job / "_ds_outputs" / "lock.pkl").read_bytes() == b""
 
 
 def test_missing_outputs_skipped_and_recorded(tmp_path: Path) -> None:
@@ -177,6 +186,8 @@ def test_missing_outputs_skipped_and_recorded(tmp_path: Path) -> None:
     manifest = json.loads((job / "_ds_outputs" / "_manifest.json").read_text())
     assert manifest == {"outputs": ["always"], "unpicklable": {}, "missing": ["never"]}
     assert read_outputs(job / "_ds_outputs")[0] == {"always": 2}
+    assert (job / "_ds_outputs" / "never.pkl").read_bytes() == b""  # declared: it exists, empty
+    assert_no_error(job)
 
 
 def test_all_assigned_outputs_when_not_listed(tmp_path: Path) -> None:
@@ -327,11 +338,89 @@ def test_exception_not_rebuildable_in_kernel_gives_remote_error(tmp_path: Path) 
     assert any("could not be rebuilt" in n for n in getattr(exc, "__notes__", []))
 
 
-def test_sys_exit_sets_exit_code_without_error_json(tmp_path: Path) -> None:
+def test_sys_exit_sets_exit_code_without_an_error_record(tmp_path: Path) -> None:
     proc, job = run_cell(tmp_path, "x = 1\nimport sys\nsys.exit(3)\n", outputs=["x"])
     assert proc.returncode == 3
-    assert not (job / "_ds_error.json").exists()
+    assert_no_error(job)
     assert read_outputs(job / "_ds_outputs.zip")[0] == {"x": 1}
+
+
+def test_the_error_file_exists_however_the_cell_ends(tmp_path: Path) -> None:
+    # os._exit: nothing after the cell runs, but the "no error" record was written before it
+    proc, job = run_cell(tmp_path / "a", "import os\nx = 1\nos._exit(0)\n", outputs=["x"])
+    assert proc.returncode == 0
+    assert_no_error(job)
+    # a stale record from an earlier run of the same job dir is replaced
+    (job / "_ds_cell.py").write_text("x = 2\n")
+    (job / "_ds_error.json").write_text('{"type": "Stale", "message": "old"}')
+    assert run_job(job).returncode == 0
+    assert_no_error(job)
+    # the cell removed it (or scribbled over it): written again after the cell
+    proc, job = run_cell(tmp_path / "b", "import os\nos.remove('_ds_error.json')\n")
+    assert proc.returncode == 0, proc.stderr
+    assert_no_error(job)
+    proc, job = run_cell(tmp_path / "c", "open('_ds_error.json', 'w').write('{\"type\": \"Fake\"}')\n")
+    assert proc.returncode == 0, proc.stderr
+    assert_no_error(job)
+
+
+def test_an_error_is_recorded_when_the_cell_broke_stderr_or_its_exception_resists(tmp_path: Path) -> None:
+    # the cell closed stderr, then raised: the record is written all the same
+    proc, job = run_cell(tmp_path / "a", "import sys\nsys.stderr.close()\nraise ValueError('after close')\n")
+    assert proc.returncode == 1
+    exc = load_error(job / "_ds_error.json")
+    assert isinstance(exc, ValueError) and str(exc) == "after close"
+    # an exception whose pickling raises a BaseException: recorded, not embedded
+    proc, job = run_cell(
+        tmp_path / "b",
+        """
+        class Stubborn(Exception):
+            def __reduce_ex__(self, protocol):
+                raise KeyboardInterrupt("no pickling")
+        done = 1
+        raise Stubborn("cannot pickle me")
+        """,
+        outputs=["done"],
+    )
+    assert proc.returncode == 1
+    err = error_json(job)
+    assert (err["type"], err["message"], err["pickled"], err["lineno"]) == (
+        "Stubborn",
+        "cannot pickle me",
+        None,
+        6,
+    )
+    remote = load_error(job / "_ds_error.json")
+    assert isinstance(remote, RemoteError) and remote.type_name == "Stubborn"
+    assert read_outputs(job / "_ds_outputs.zip")[0] == {"done": 1}  # the outputs were still written
+    # an exception that breaks the traceback machinery (its __str__ raises a BaseException)
+    proc, job = run_cell(
+        tmp_path / "c",
+        """
+        class Unprintable(Exception):
+            def __str__(self):
+                raise KeyboardInterrupt("no str")
+        raise Unprintable()
+        """,
+    )
+    assert proc.returncode == 1
+    err = error_json(job)
+    assert (err["type"], err["message"]) == ("Unprintable", "<unprintable Unprintable>")
+    assert "Unprintable: <unprintable Unprintable>" in proc.stderr
+    remote = load_error(job / "_ds_error.json")
+    assert isinstance(remote, RemoteError) and remote.type_name == "Unprintable"
+
+
+def test_an_error_file_from_an_older_runner_or_none_at_all_means_no_error(tmp_path: Path) -> None:
+    from jupyter_ds_jobs.packaging.celljob import load_cell_results
+
+    proc, job = run_cell(tmp_path, "x = 1\n", outputs=["x"])
+    assert proc.returncode == 0, proc.stderr
+    assert load_cell_results(job / "_ds_outputs.zip", job / "_ds_error.json").error is None
+    (job / "_ds_error.json").unlink()  # an older runner wrote no file when the cell raised nothing
+    res = load_cell_results(job / "_ds_outputs.zip", job / "_ds_error.json")
+    assert res.error is None and res.values == {"x": 1}
+    assert load_cell_results(job / "_ds_outputs.zip", None).error is None
 
 
 def test_input_that_cannot_load_in_job_is_reported_naming_it(tmp_path: Path) -> None:

@@ -292,14 +292,17 @@ class RemoteError(Exception):
         return f"{self.type_name}: {self.message}" if self.message else self.type_name
 
 
-def load_error(error_json: Path) -> BaseException:
-    """The exception the cell raised in the job, from ``_ds_error.json``.
+def load_error(error_json: Path) -> BaseException | None:
+    """The exception the cell raised in the job, from ``_ds_error.json``; None when it raised none.
 
     The original exception (unpickled) when possible, with ``__cause__`` a
-    :class:`RemoteError` carrying the remote traceback; otherwise that RemoteError.
+    :class:`RemoteError` carrying the remote traceback; otherwise that RemoteError. The runner
+    writes ``null`` when the cell did not raise (older runners wrote no file then).
     """
     with open(error_json, encoding="utf-8") as f:
         record = json.load(f)
+    if record is None:
+        return None
     if not isinstance(record, dict):
         raise InvalidArgument(f"{error_json}: expected a JSON object", field="error")
     remote = RemoteError(

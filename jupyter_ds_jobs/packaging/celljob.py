@@ -576,7 +576,8 @@ def is_cell_output(path: str) -> bool:
 
 def load_cell_results(outputs: Path | None, error_json: Path | None) -> CellResults:
     """Load a finished cell job's outputs (the ``_ds_outputs`` dir or ``_ds_outputs.zip``) and
-    ``_ds_error.json`` (either may be None)."""
+    ``_ds_error.json`` (either may be None; no error file, from an older runner, and its ``null``
+    both mean that the cell raised nothing)."""
     res = CellResults()
     if outputs is not None and Path(outputs).exists():
         res.values, res.unpicklable = cellio.read_outputs(Path(outputs))

@@ -16,10 +16,14 @@ package (file names, ``job_progress.jsonl``), pinned by tests/test_runner.py.
 and writes::
 
     _ds_outputs/<name>.pkl         one cloudpickle per returned variable, each its own file
+                                   (empty for a listed name that did not come back: every
+                                   listed name's file exists, the job declares each)
     _ds_outputs/_manifest.json     {"outputs": [names written], "unpicklable": {name: reason},
                                     "missing": [names]}
     _ds_outputs.zip                the same directory as one ZIP, only with ``zip_outputs``
-    _ds_error.json                 only when the cell raised (see ``error_record``)
+    _ds_error.json                 always (the job declares it): ``null`` when the cell did not
+                                   raise, the record of ``error_record`` when it did; a
+                                   missing file (older runners) means ``null`` too
     job_progress.jsonl             what the cell reports with ``report_progress`` (below)
 
 ``outputs`` lists the variables to return; each is its own output file of the job, so the
@@ -147,7 +151,7 @@ def _trim_traceback(exc: BaseException, cell_filename: str) -> types.TracebackTy
 def _pickle_exception(exc: BaseException) -> str | None:
     try:
         data = cloudpickle.dumps(exc, protocol=cloudpickle.DEFAULT_PROTOCOL)
-    except Exception:
+    except BaseException:  # whatever the exception's own pickling code raises
         return None
     if len(data) > MAX_PICKLED_ERROR:
         return None
@@ -205,6 +209,42 @@ def _write_json(path: str, data: Any) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, ensure_ascii=False, indent=1)
     os.replace(tmp, path)
+
+
+def _fallback_record(error: BaseException, why: BaseException) -> dict[str, Any]:
+    """The record of an exception whose own (``error_record``) could not be made: its type and
+    message, no traceback."""
+    name = type(error).__qualname__
+    try:
+        message = str(error)
+    except BaseException:  # the same trouble again
+        message = f"<unprintable {type(error).__name__}>"
+    return {
+        "type": name,
+        "module": type(error).__module__,
+        "message": message,
+        "traceback": [],
+        "formatted": f"{name}: {message}\n(no traceback: {type(why).__name__} while formatting it)\n",
+        "lineno": None,
+        "pickled": None,
+    }
+
+
+def _write_error_file(job_dir: str, error: BaseException | None, cell_filename: str) -> None:
+    """``_ds_error.json``: ``null`` (no error) or the record of ``error``, whose traceback goes to
+    stderr too. The job declares the file: it is written before the cell runs (so that it exists
+    however the cell ends: ``sys.exit``, ``os._exit``, a signal) and again after it (so that the
+    cell cannot have removed or changed it)."""
+    record: dict[str, Any] | None = None
+    if error is not None:
+        try:
+            record = error_record(error, cell_filename)
+        except BaseException as e:  # whatever the exception does while it is described
+            record = _fallback_record(error, e)
+    _write_json(os.path.join(job_dir, ERROR_FILE), record)
+    if record is not None:
+        with contextlib.suppress(Exception):  # the cell may have closed or replaced stderr
+            sys.stderr.write(record["formatted"])
 
 
 def _read_manifest(job_dir: str) -> dict[str, Any]:
@@ -325,7 +365,8 @@ def _write_outputs(job_dir: str, manifest: Mapping[str, Any], ns: Mapping[str, A
     unpicklable: dict[str, str] = {}
     missing: list[str] = []
     explicit = manifest.get("outputs") is not None
-    for name in _output_names(manifest, ns):
+    names = _output_names(manifest, ns)
+    for name in names:
         if not name.isidentifier():
             unpicklable[name] = "not a valid variable name"
             continue
@@ -346,6 +387,13 @@ def _write_outputs(job_dir: str, manifest: Mapping[str, Any], ns: Mapping[str, A
             _unlink(path)
             continue
         written.append(name)
+    # Each listed name is a declared output file of the job: one that did not come back gets an
+    # empty file (the manifest says why), so that no declared output is missing.
+    came_back = set(written)
+    for name in names if explicit else ():
+        if name not in came_back and name.isidentifier():
+            with open(os.path.join(out, f"{name}.pkl"), "wb"):
+                pass
     _write_json(
         os.path.join(out, OUTPUTS_MANIFEST),
         {"outputs": written, "unpicklable": unpicklable, "missing": missing},
@@ -443,8 +491,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.modules.setdefault("_ds_runner", this)
     if job_dir not in sys.path:
         sys.path.insert(0, job_dir)
-    _unlink(os.path.join(job_dir, ERROR_FILE))
 
+    try:
+        _write_error_file(job_dir, None, "")
+    except OSError as e:
+        print(f"ds_job runner: cannot write {ERROR_FILE} into the job dir: {e}", file=sys.stderr)
+        return 2
     try:
         manifest = _read_manifest(job_dir)
         cell_path = os.path.join(job_dir, CELL_FILE)
@@ -475,10 +527,11 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = 1
     _flush()
 
-    if error is not None:
-        record = error_record(error, cell_filename)
-        _write_json(os.path.join(job_dir, ERROR_FILE), record)
-        sys.stderr.write(record["formatted"])
+    try:
+        _write_error_file(job_dir, error, cell_filename)
+    except OSError as e:
+        print(f"ds_job runner: could not write {ERROR_FILE}: {e}", file=sys.stderr)
+        exit_code = exit_code or 1
     # Like a notebook, what the cell bound before it raised is kept (and returned).
     try:
         _write_outputs(job_dir, manifest, ns, loaded)
