@@ -92,7 +92,8 @@ def _start_head(num_cpus: int, num_gpus: int) -> RayHead:
         "--node-manager-port", str(_free_port()),
         "--object-manager-port", str(_free_port()),
     ]  # fmt: skip
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # where the job wrapper keeps the environments it builds on this node (its own, not ~/.cache)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "DS_JOBS_RAY_ENV_DIR": str(head.temp_dir / "envs")}
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     except BaseException:

@@ -227,10 +227,22 @@ def _add_executor(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("where jobs run (docs/ray.md)")
     g.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: subprocesses of this server (default); ray: Ray jobs on a Ray cluster "
-                   "(experimental; pip install jupyter_ds_jobs[ray])")  # fmt: skip
+                   "(pip install jupyter_ds_jobs[ray]; docs/ray.md)")  # fmt: skip
     g.add_argument("--ray-address", default="auto", metavar="URL",
                    help="the Ray Jobs API address, as 'ray job submit --address' takes it "
                    "(http://HEAD:8265), or auto for a local head (default: auto)")  # fmt: skip
+    g.add_argument(
+        "--ray-workdir",
+        choices=("auto", "shared", "node"),
+        default="auto",
+        help="where a Ray job's files are: shared (the node sees this server's job dir "
+        "at the same path), node (copied to a private dir on the node over the job's "
+        "signed channel, its Python environment built there with uv, outputs streamed "
+        "back), auto (shared where the node sees the dir, node elsewhere; default)",
+    )
+    g.add_argument("--ray-python", default="python3", metavar="PYTHON",
+                   help="the Python a Ray node runs the job wrapper with (stdlib only; default: "
+                   "python3 on the node's PATH); unused with --ray-workdir shared")  # fmt: skip
 
 
 def _add_resources(p: argparse.ArgumentParser) -> None:

@@ -67,6 +67,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         strict_resources=args.strict_resources,
         executor=args.executor,
         ray_address=args.ray_address,
+        ray_workdir=args.ray_workdir,
+        ray_python=args.ray_python,
     )
     return run_server(opts)
 

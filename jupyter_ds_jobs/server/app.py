@@ -83,10 +83,13 @@ class ServerOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
-    #: Where job commands run: "local" (subprocesses here) or "ray" (experimental, docs/ray.md:
+    #: Where job commands run: "local" (subprocesses here) or "ray" (docs/ray.md:
     #: Ray jobs on the cluster whose Jobs API is ``ray_address``, or "auto" for a local head).
     executor: str = "local"
     ray_address: str = "auto"
+    #: Where a Ray job's files are: "auto", "shared" or "node" (docs/ray.md, "Files and environments").
+    ray_workdir: str = "auto"
+    ray_python: str = "python3"  # the Python a node runs the job wrapper with (not "shared")
     #: Resources (docs/server.md, "Resources"): instance types as profiles (None: the contract's
     #: table, or ``instance_types_file``'s), the machine's capacity as declared (None: detected).
     instance_type_profiles: dict[str, Profile] | None = None
@@ -160,13 +163,16 @@ class JobServer:
 
     def _executor(self) -> Executor:
         if self.opts.executor == "ray":
-            from jupyter_ds_jobs.server.executors.ray_executor import RayExecutor, job_instance_type
+            from jupyter_ds_jobs.server.executors.ray_executor import WORKDIR_MODES, RayExecutor
 
             self.ray_channels = RayChannels(self.blobs.secret)
             store = self.store
+            if self.opts.ray_workdir not in WORKDIR_MODES:
+                raise InvalidArgument(f"--ray-workdir: {self.opts.ray_workdir!r} is none of {WORKDIR_MODES}")
             return RayExecutor(
-                self.opts.ray_address, self.ray_channels, lambda jid: job_instance_type(store.get_job(jid)),
-                self.sandbox,
+                self.opts.ray_address, self.ray_channels, store.get_job, self.sandbox,
+                workdir_mode=self.opts.ray_workdir, node_python=self.opts.ray_python,
+                find_links=tuple(self.opts.find_links),
             )  # fmt: skip
         if self.opts.executor != "local":
             raise InvalidArgument(f"--executor: {self.opts.executor!r} is neither 'local' nor 'ray'")

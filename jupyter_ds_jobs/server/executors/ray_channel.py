@@ -9,7 +9,16 @@ secret; a random key per run, never the job id):
   Bytes already received are skipped (a retried post is never doubled); a gap is refused (409).
   Answers the stream's new offset;
 - ``GET signal``: a long poll (up to 25 s) for the signals to send to the job's process group;
-- ``POST exit?code=N``: the command ended (after both streams were drained).
+- ``POST exit?code=N``: the command ended (after both streams were drained);
+- ``GET wrapper`` / ``GET apply``: the wrapper's own source and the sandbox's exec wrapper, for a
+  node that has nothing of this package (the entrypoint only bootstraps from here);
+- ``GET file?path=P``: streams file ``P`` of the job's working dir (a regular file, no link
+  followed); ``PUT file?path=P``: streams an output of the job into its working dir (a new
+  regular file; an existing link or a path through one is refused). Only while the job runs.
+
+``POST out?source=3`` appends to the job's progress file (``job_progress.jsonl``) the way stdout
+and stderr are appended to the log: a node-local job's progress reaches the server as it is
+written.
 """
 
 from __future__ import annotations
@@ -19,18 +28,36 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
+import tornado.http1connection
 import tornado.web
 
+from jupyter_ds_jobs.common.contract import MAX_FILE_BYTES, is_safe_relpath
+from jupyter_ds_jobs.server.executors import _ray_wrapper, _sandbox_apply
 from jupyter_ds_jobs.server.executors.base import OutputSink
 
 __all__ = ["Channel", "RayChannels"]
 
 POLL_S = 25.0
+PROGRESS_SOURCE = 3
+PROGRESS_FILE = "job_progress.jsonl"  # the runtime reads it (server/runtime.py)
+CHUNK = 1 << 20
+_SOURCES: dict[str, str] = {}
+
+
+def _source(module: Any) -> str:
+    """A module's source text, read once."""
+    path = str(module.__file__)
+    if path not in _SOURCES:
+        _SOURCES[path] = Path(path).read_text(encoding="utf-8")
+    return _SOURCES[path]
 
 
 @dataclass
@@ -38,11 +65,15 @@ class Channel:
     key: str
     spec: dict[str, Any]
     sink: OutputSink
-    offsets: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})
+    offsets: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0, PROGRESS_SOURCE: 0})
     signals: list[int] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     exit: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     fetched: bool = False
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.spec["cwd"])
 
     def send(self, signum: int) -> None:
         self.signals.append(signum)
@@ -81,7 +112,19 @@ class RayChannels:
         return self._open.get(key)
 
     def routes(self) -> list[Any]:
-        return [(r"/ray/([0-9a-f]{32})/(spec|out|signal|exit)", ChannelHandler, {"channels": self})]
+        return [
+            (r"/ray/([0-9a-f]{32})/(spec|out|signal|exit|wrapper|apply)", ChannelHandler, {"channels": self}),
+            (r"/ray/([0-9a-f]{32})/file", FileHandler, {"channels": self}),
+        ]
+
+
+def _lookup(handler: tornado.web.RequestHandler, channels: RayChannels, key: str) -> Channel | None:
+    ch = channels.lookup(
+        key, handler.get_query_argument("exp", None), handler.get_query_argument("sig", None)
+    )
+    if ch is None:
+        handler.send_error(403)
+    return ch
 
 
 class ChannelHandler(tornado.web.RequestHandler):
@@ -91,12 +134,7 @@ class ChannelHandler(tornado.web.RequestHandler):
         self.channels = channels
 
     def _channel(self, key: str) -> Channel | None:
-        ch = self.channels.lookup(
-            key, self.get_query_argument("exp", None), self.get_query_argument("sig", None)
-        )
-        if ch is None:
-            self.send_error(403)
-        return ch
+        return _lookup(self, self.channels, key)
 
     async def get(self, key: str, action: str) -> None:
         ch = self._channel(key)
@@ -105,6 +143,9 @@ class ChannelHandler(tornado.web.RequestHandler):
         if action == "spec":
             ch.fetched = True
             self.finish(json.dumps(ch.spec))
+        elif action in ("wrapper", "apply"):
+            self.set_header("Content-Type", "text/x-python; charset=utf-8")
+            self.finish(_source(_ray_wrapper if action == "wrapper" else _sandbox_apply))
         elif action == "signal":
             if not ch.signals:
                 ch.wake.clear()
@@ -126,7 +167,11 @@ class ChannelHandler(tornado.web.RequestHandler):
                 self.send_error(409 if have is not None else 400)
                 return
             chunk = self.request.body[have - offset :]
-            if chunk:
+            if chunk and source == PROGRESS_SOURCE:
+                with open(ch.workdir / PROGRESS_FILE, "ab") as f:
+                    f.write(chunk)
+                ch.offsets[source] = have + len(chunk)
+            elif chunk:
                 ch.sink(source, chunk)
                 ch.offsets[source] = have + len(chunk)
             self.finish({"offset": ch.offsets[source]})
@@ -136,3 +181,102 @@ class ChannelHandler(tornado.web.RequestHandler):
             self.finish({})
         else:
             self.send_error(405)
+
+
+def _safe_target(root: Path, rel: str) -> Path | None:
+    """``root/rel`` when ``rel`` is a safe relative path and no dir on the way is a link."""
+    if not is_safe_relpath(rel):
+        return None
+    here = root
+    for part in Path(rel).parts[:-1]:
+        here = here / part
+        try:
+            if not stat.S_ISDIR(os.lstat(here).st_mode):
+                return None
+        except FileNotFoundError:
+            break
+    return root / rel
+
+
+@tornado.web.stream_request_body
+class FileHandler(tornado.web.RequestHandler):
+    """A job's files, streamed both ways (never whole in memory): inputs out to a node, outputs
+    back from it. Writes go to a temp file renamed into place when the body is complete."""
+
+    channels: RayChannels
+
+    def initialize(self, channels: RayChannels) -> None:  # type: ignore[override]  # route kwargs
+        self.channels = channels
+        self._out: IO[bytes] | None = None
+        self._tmp: Path | None = None
+        self._size = 0
+
+    def prepare(self) -> None:
+        if self.request.method != "PUT":
+            return
+        ch = _lookup(self, self.channels, self.path_args[0])
+        if ch is None:
+            return
+        rel = self.get_query_argument("path", "")
+        dest = _safe_target(ch.workdir, rel)
+        if dest is None or (dest.exists() or dest.is_symlink()):
+            self.send_error(400 if dest is None else 409, reason="bad or existing output path")
+            return
+        conn = self.request.connection
+        if isinstance(conn, tornado.http1connection.HTTP1Connection):
+            conn.set_max_body_size(MAX_FILE_BYTES)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = dest.with_name(f".{dest.name}.part-{secrets.token_hex(4)}")
+        self._out = open(self._tmp, "xb")  # noqa: SIM115  # closed in put / on_finish
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._out is not None:
+            self._size += len(chunk)
+            self._out.write(chunk)
+
+    def put(self, key: str) -> None:
+        if self._out is None or self._tmp is None:
+            return
+        self._out.close()
+        self._out = None
+        dest = self._tmp.with_name(self._tmp.name.split(".part-")[0][1:])
+        try:
+            os.link(self._tmp, dest)  # never over what is there (a link the job left, say)
+        except FileExistsError:
+            self.send_error(409, reason="the output path exists")
+            return
+        finally:
+            self._tmp.unlink(missing_ok=True)
+        self.finish({"size": self._size})
+
+    def on_finish(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def on_connection_close(self) -> None:
+        self.on_finish()
+
+    async def get(self, key: str) -> None:
+        ch = _lookup(self, self.channels, key)
+        if ch is None:
+            return
+        dest = _safe_target(ch.workdir, self.get_query_argument("path", ""))
+        try:
+            fd = os.open(dest, os.O_RDONLY | os.O_NOFOLLOW) if dest is not None else -1
+        except OSError:
+            fd = -1
+        if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd >= 0:
+                os.close(fd)
+            self.send_error(404)
+            return
+        with os.fdopen(fd, "rb") as f:
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+            while chunk := f.read(CHUNK):
+                self.write(chunk)
+                await self.flush()
+        self.finish()

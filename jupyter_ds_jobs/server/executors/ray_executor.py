@@ -1,4 +1,4 @@
-"""Run job commands as Ray jobs (experimental): ``--executor ray --ray-address http://HEAD:8265``.
+"""Run job commands as Ray jobs: ``--executor ray --ray-address http://HEAD:8265``.
 
 The service, its SQLite state, blobs and signed URLs stay on the job server; Ray only runs the
 job's process. Each job is a Ray job (``JobSubmissionClient.submit_job``) whose entrypoint is the
@@ -12,19 +12,24 @@ has, GPUs are not (a GPU type on a cluster without enough GPUs is refused). Ray 
 PENDING job, so a job is submitted only when the cluster reports room for it (its usage beside
 what this executor has submitted and not seen end).
 
-Limits (why it is experimental): the job's working dir, its environment and the wrapper are
-paths on the job server's filesystem, so a Ray node must share them (the same machine, or a
-shared filesystem at the same paths). A Ray job that ends without the wrapper reporting an exit
-code (a lost node, a killed wrapper) raises :class:`Aborted`: the job ends in ERROR saying so.
+Files (``workdir_mode``, docs/ray.md): ``shared`` runs the job in the server's job dir, which the
+node sees at the same path; ``node`` gives it a private dir on the node: its files, the sandbox
+wrapper and the wrapper itself stream over the channel, its Python environment is built on the
+node, its outputs stream back; ``auto`` (default) leaves a marker file in the job dir and the
+wrapper takes ``shared`` where it finds it. A Ray job that ends without the wrapper reporting an
+exit code (a lost node, a killed wrapper) raises :class:`Aborted`: the job ends in ERROR saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
-import marshal
+import os
+import shutil
 import signal
+import stat
 import sys
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -33,16 +38,20 @@ from typing import Any
 
 from jupyter_ds_jobs.common.contract import INSTANCE_TYPES
 from jupyter_ds_jobs.common.errors import Aborted, FailedPrecondition, Unavailable
+from jupyter_ds_jobs.server.environments import EnvSpec
 from jupyter_ds_jobs.server.executors.base import OutputSink
 from jupyter_ds_jobs.server.executors.local import SHELL, direct_argv
-from jupyter_ds_jobs.server.executors.ray_channel import Channel, RayChannels
+from jupyter_ds_jobs.server.executors.ray_channel import PROGRESS_FILE, Channel, RayChannels
 from jupyter_ds_jobs.server.sandbox import APPLY_SCRIPT, JobSandbox, Sandbox
+from jupyter_ds_jobs.server.validation import placed
 
 __all__ = ["RayExecutor", "RayProcess", "job_instance_type"]
 
 WRAPPER = str(Path(__file__).with_name("_ray_wrapper.py"))
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 _POLL_S = 0.5
+MARKER = ".ds-ray-shared"
+WORKDIR_MODES = ("auto", "shared", "node")
 
 
 def _resources(name: str | None, totals: Mapping[str, float]) -> tuple[float, int, int]:
@@ -74,6 +83,8 @@ class RayProcess:
         try:
             return await self._wait()
         finally:
+            with contextlib.suppress(OSError):
+                (self.ch.workdir / MARKER).unlink(missing_ok=True)
             self.executor.channels.close(self.ch)
             self.executor.release(self.held)
             await asyncio.to_thread(self.job.cleanup)
@@ -118,15 +129,24 @@ class RayExecutor:
         self,
         address: str,
         channels: RayChannels,
-        instance_type: Callable[[str], str | None],
+        job_of: Callable[[str], Any],
         sandbox: Sandbox | None = None,
         python: str = sys.executable,
+        *,
+        workdir_mode: str = "auto",
+        node_python: str = "python3",
+        find_links: tuple[str, ...] = (),
     ) -> None:
+        if workdir_mode not in WORKDIR_MODES:
+            raise ValueError(f"workdir_mode {workdir_mode!r} is none of {', '.join(WORKDIR_MODES)}")
         self.address = address
         self.channels = channels
-        self.instance_type = instance_type
+        self.job_of = job_of
         self.sandbox = sandbox
         self.python = python
+        self.workdir_mode = workdir_mode
+        self.node_python = node_python
+        self.find_links = find_links
         self._client: Any = None
         self._held = [0.0, 0.0, 0.0]  # cpus, gpus, memory submitted and not seen end
         self._room = asyncio.Lock()
@@ -149,6 +169,9 @@ class RayExecutor:
     def release(self, held: tuple[float, ...]) -> None:
         for i, v in enumerate(held):
             self._held[i] -= v
+
+    def instance_type(self, job_id: str) -> str | None:
+        return job_instance_type(self.job_of(job_id))
 
     async def _wait_for_room(self, name: str | None) -> tuple[float, int, int]:
         """Hold the job's resources once the cluster has room for them."""
@@ -198,17 +221,50 @@ class RayExecutor:
                     ) from None
             await asyncio.sleep(delay)
 
+    def _spec(self, cmd: str, cwd: Path, job: JobSandbox, gpus: int, job_proto: Any) -> dict[str, Any]:
+        """What the wrapper gets over the channel (never on the Ray job's command line)."""
+        shared = self.workdir_mode == "shared"
+        argv = (direct_argv(cmd, job.env.get("PATH", "")) if shared else None) or [SHELL, "-c", cmd]
+        spec: dict[str, Any] = {
+            "argv": argv, "cwd": str(cwd), "env": job.env, "gpus": gpus, "policy": job.policy,
+            "apply_script": APPLY_SCRIPT, "tmp": str(job.tmp or ""), "progress_file": PROGRESS_FILE,
+        }  # fmt: skip
+        if shared:
+            return spec
+        spec["files"] = _manifest(cwd)
+        p = job_proto.job_parameters if job_proto is not None else None
+        spec["outputs"] = [str(placed(d.path, d.var, "outputs")) for d in p.output_files] if p else []
+        env_spec = EnvSpec.from_proto(p.env.python_env) if p is not None else None
+        if env_spec is not None and env_spec.requirements:
+            env_spec = dataclasses.replace(env_spec, find_links=self.find_links)
+            spec["python_env"] = {
+                "python": env_spec.python_version, "requirements": list(env_spec.requirements),
+                "options": env_spec.uv_install_args(), "uv": _server_uv(),
+                "server_venv": job.env.get("VIRTUAL_ENV", ""),
+            }  # fmt: skip
+        return spec
+
+    def _entrypoint(self, url: str) -> str:
+        if self.workdir_mode == "shared":
+            return f"{self.python} -I -S {WRAPPER} '{url}'"
+        return f"{self.node_python} -I -S -c '{_BOOTSTRAP}' '{url}'"
+
     async def _submit(self, cmd: str, cwd: Path, job: JobSandbox, sink: OutputSink) -> RayProcess:
-        argv = direct_argv(cmd, job.env.get("PATH", "")) or [SHELL, "-c", cmd]
-        if job.policy is not None:
-            argv = [sys.executable, "-I", "-S", APPLY_SCRIPT, marshal.dumps(job.policy).hex(), *argv]
         cpus, gpus, mem = await self._wait_for_room(self.instance_type(cwd.name))
-        ch, url = self.channels.open({"argv": argv, "cwd": str(cwd), "env": job.env, "gpus": gpus}, sink)
+        try:
+            spec = await asyncio.to_thread(self._spec, cmd, cwd, job, gpus, self.job_of(cwd.name))
+        except BaseException:
+            self.release((cpus, gpus, mem))
+            raise
+        ch, url = self.channels.open(spec, sink)
+        if self.workdir_mode != "node":  # the wrapper runs in this dir if it finds this there
+            spec["marker"], spec["marker_key"] = MARKER, ch.key
+            (cwd / MARKER).write_text(ch.key)
         sid = f"dsjobs-{cwd.name}-{ch.key[:8]}"
         try:
             await self._retry_submit(
                 self.client.submit_job,
-                entrypoint=f"{self.python} -I -S {WRAPPER} '{url}'",
+                entrypoint=self._entrypoint(url),
                 submission_id=sid,
                 entrypoint_num_cpus=cpus,
                 entrypoint_num_gpus=gpus,
@@ -219,6 +275,35 @@ class RayExecutor:
             self.release((cpus, gpus, mem))
             raise
         return RayProcess(self, sid, ch, job, (cpus, gpus, mem))
+
+
+#: The entrypoint's program on a node without this package: the wrapper, from the channel.
+_BOOTSTRAP = (
+    'import sys,urllib.request as r;b,_,q=sys.argv[1].partition("?");'
+    'exec(compile(r.urlopen(b+"/wrapper?"+q,timeout=60).read(),"_ray_wrapper.py","exec"))'
+)
+
+
+def _manifest(cwd: Path) -> list[list[Any]]:
+    """The job dir's regular files as [relative path, size, mode] (links are not sent)."""
+    out: list[list[Any]] = []
+    for dirpath, dirnames, filenames in os.walk(cwd):
+        dirnames.sort()
+        for name in sorted(filenames):
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode) and name != MARKER:
+                out.append([os.path.relpath(os.path.join(dirpath, name), cwd), st.st_size, st.st_mode])
+    return out
+
+
+def _server_uv() -> list[str]:
+    """The server's uv binary (a node on this machine or with the same paths can use it)."""
+    with contextlib.suppress(ImportError, FileNotFoundError):
+        from uv import find_uv_bin
+
+        return [find_uv_bin()]
+    found = shutil.which("uv")
+    return [found] if found else []
 
 
 def job_instance_type(job: Any) -> str | None:
