@@ -1,10 +1,13 @@
-"""Shared fixtures: a real job server on free loopback ports, with its own state dir."""
+"""Shared fixtures: a real job server on free loopback ports, with its own state dir; one private
+Ray head for the session and a job server with ``executor="ray"`` on it (the Ray tests skip when
+``ray.job_submission`` is not importable)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -12,6 +15,9 @@ import pytest
 from jupyter_ds_jobs.common.connection import ConnectionInfo
 from jupyter_ds_jobs.server.app import ServerOptions, ServerThread
 from tests.wheels import build_wheel, write_simple_index
+
+if TYPE_CHECKING:
+    from tests.rayhead import RayHead
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -53,6 +59,39 @@ def server_options(tmp_path: Path) -> ServerOptions:
 @pytest.fixture
 def server(server_options: ServerOptions) -> Iterator[RunningServer]:
     thread = ServerThread(server_options)
+    info = thread.start()
+    try:
+        yield RunningServer(thread, info)
+    finally:
+        thread.stop()
+
+
+# One Ray head for the whole session (tests/rayhead.py: 127.0.0.1, its own temp dir and ports,
+# 2 CPUs and 2 declared GPUs): starting one takes seconds to a minute.
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[RayHead]:
+    pytest.importorskip("ray.job_submission")
+    from tests.rayhead import start_head
+
+    head = start_head(num_cpus=2, num_gpus=2)
+    try:
+        yield head
+    finally:
+        head.stop()
+
+
+def ray_server_options(head: RayHead, state_dir: Path) -> ServerOptions:
+    """A job server's options with ``executor="ray"`` on ``head``; its own capacity declares 2
+    GPUs so that GPU types are accepted at Create."""
+    return ServerOptions(
+        state_dir=state_dir, token="test-token", write_runtime_file=False, sweep_interval=3600,
+        executor="ray", ray_address=head.address, gpus=2,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def ray_server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    thread = ServerThread(ray_server_options(ray_head, tmp_path_factory.mktemp("ray") / "state"))
     info = thread.start()
     try:
         yield RunningServer(thread, info)

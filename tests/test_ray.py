@@ -1,70 +1,35 @@
 """The Ray executor (experimental) against a real private Ray head and the real job server.
 
-One head for the module (``tests/rayhead.py``: 127.0.0.1, its own temp dir and ports, 2 CPUs and
-2 declared GPUs), one job server with ``executor="ray"`` on it.
+One head for the session and one job server with ``executor="ray"`` on it: the ``ray_head`` and
+``ray_server`` fixtures of ``tests/conftest.py`` (``tests/rayhead.py``: 127.0.0.1, its own temp
+dir and ports, 2 CPUs and 2 declared GPUs).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from jupyter_ds_jobs._proto import jobs_pb2, pjs_pb2
-from jupyter_ds_jobs.common.connection import ConnectionInfo
-from jupyter_ds_jobs.server.app import ServerOptions, ServerThread
+from tests.conftest import RunningServer
 from tests.jobhelpers import Api, execute_response, http
-
-pytest.importorskip("ray.job_submission")
-from tests.rayhead import RayHead, start_head
+from tests.rayhead import RayHead
 
 S = jobs_pb2
 
 
-@dataclasses.dataclass
-class RayServer:
-    thread: ServerThread
-    info: ConnectionInfo
-
-
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[RayHead]:
-    head = start_head(num_cpus=2, num_gpus=2)
-    try:
-        yield head
-    finally:
-        head.stop()
-
-
-@pytest.fixture(scope="module")
-def ray_server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServer]:
-    opts = ServerOptions(
-        state_dir=tmp_path_factory.mktemp("ray") / "state", token="test-token", write_runtime_file=False,
-        sweep_interval=3600, executor="ray", ray_address=ray_head.address,
-    )  # fmt: skip
-    if "gpus" in {f.name for f in dataclasses.fields(ServerOptions)}:
-        opts.gpus = 2  # type: ignore[attr-defined]  # the server's own capacity: GPU types are accepted
-    thread = ServerThread(opts)
-    info = thread.start()
-    try:
-        yield RayServer(thread, info)
-    finally:
-        thread.stop()
-
-
 @pytest.fixture
-def api(ray_server: RayServer) -> Api:
+def api(ray_server: RunningServer) -> Api:
     return Api(grpc.insecure_channel(ray_server.info.endpoint), ray_server.info.token)
 
 
-def _workdir(ray_server: RayServer, job_id: str) -> Path:
+def _workdir(ray_server: RunningServer, job_id: str) -> Path:
     return Path(ray_server.info.state_dir) / "work" / job_id
 
 
@@ -110,7 +75,7 @@ def test_a_failing_job_is_error_with_its_return_code(api: Api) -> None:
     assert execute_response(op).result.return_code == 3
 
 
-def test_logs_stream_while_the_job_runs_and_resume_from_offsets(ray_server: RayServer, api: Api) -> None:
+def test_logs_stream_while_the_job_runs_and_resume_from_offsets(ray_server: RunningServer, api: Api) -> None:
     job_id = api.create("echo first; while [ ! -e go ]; do sleep 0.05; done; echo second")
     op = api.execute(job_id)
     _wait_log(api, job_id, b"first")
@@ -146,7 +111,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_hard_cancel_stops_at_once_and_leaves_no_orphan(ray_server: RayServer, api: Api) -> None:
+def test_hard_cancel_stops_at_once_and_leaves_no_orphan(ray_server: RunningServer, api: Api) -> None:
     job_id = api.create("trap '' TERM; sleep 300 & echo $! > child.pid; echo started; wait")
     op = api.execute(job_id)
     _wait_log(api, job_id, b"started")
@@ -163,7 +128,7 @@ def test_hard_cancel_stops_at_once_and_leaves_no_orphan(ray_server: RayServer, a
     assert not _alive(child)
 
 
-def test_a_lost_wrapper_ends_the_job_in_error(ray_server: RayServer, api: Api) -> None:
+def test_a_lost_wrapper_ends_the_job_in_error(ray_server: RunningServer, api: Api) -> None:
     job_id = api.create("echo $PPID > wrapper.pid; echo $$ > job.pid; echo started; sleep 60")
     op = api.execute(job_id)
     _wait_log(api, job_id, b"started")
