@@ -137,6 +137,11 @@ class JobManager:
         for path in (self.workdir(job_id), self.jobs_root / job_id):
             shutil.rmtree(path, ignore_errors=True)
 
+    def _runs_here(self) -> bool:
+        """Whether the executor runs jobs on this machine (its ``start`` takes ``cores``): only then
+        do they hold this machine's resources. Another (Ray) places and limits them itself."""
+        return "cores" in inspect.signature(self.executor.start).parameters
+
     def is_active(self, job_id: str) -> bool:
         return job_id in self._runs
 
@@ -239,16 +244,17 @@ class JobManager:
     # -- lifecycle ------------------------------------------------------------
     async def _acquire_slot(self, run: _Run) -> None:
         kind = self.store.get_job(run.job_id).actual_cloud_instance_type.name
+        res = self.resources if self._runs_here() else None  # else the executor finds room itself
         async with self._slot:
             while True:
                 ahead = self._queue.index(run.job_id)
                 msg = f"waiting for a free slot: {ahead} job(s) ahead, {self._active} running"
                 if ahead == 0 and self._active < self.max_concurrent:
-                    if self.resources is not None:  # the job's instance type must fit what is free
-                        run.allotment = self.resources.take(kind)
-                        p = self.resources.profiles[kind]  # take() raised if it is not there
-                        msg = f"waiting for resources: {p.describe()} with {self.resources.free()}"
-                    if self.resources is None or run.allotment is not None:
+                    if res is not None:  # the job's instance type must fit what is free
+                        run.allotment = res.take(kind)
+                        p = res.profiles[kind]  # take() raised if it is not there
+                        msg = f"waiting for resources: {p.describe()} with {res.free()}"
+                    if res is None or run.allotment is not None:
                         self._queue.pop(0)
                         self._active += 1
                         self._slot.notify_all()
@@ -390,7 +396,7 @@ class JobManager:
         and the watch on its memory. Only an executor of processes here (one whose ``start`` takes
         ``cores``) gets them: another places and limits its jobs itself."""
         a = run.allotment
-        if a is None or "cores" not in inspect.signature(self.executor.start).parameters:
+        if a is None or not self._runs_here():
             return await self.executor.start(cmd, workdir, env, sink), None
         jl.system(a.describe())
         env = a.apply_env(env, self.store.get_job(run.job_id).job_parameters.env.vars)
