@@ -8,7 +8,7 @@
 2. Log latency: a job prints ``time.time()`` every 0.2 s; the delay until the line reaches our
    client (ReadLogs through the server) beside Ray's own log tail (``tail_job_logs``).
 
-    python benchmarks/bench_ray.py [--jobs 20]
+    python benchmarks/bench_ray.py [--jobs 50] [--ray-workdir auto|shared|node]
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def ray_log_lags(client: object) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--jobs", type=int, default=20)
+    ap.add_argument("--jobs", type=int, default=50)
+    ap.add_argument("--ray-workdir", default="auto", choices=("auto", "shared", "node"))
     args = ap.parse_args()
     from ray.job_submission import JobSubmissionClient
 
@@ -86,7 +87,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             opts = ServerOptions(state_dir=Path(tmp) / "state", token="bench", write_runtime_file=False,
-                                 executor="ray", ray_address=head.address)  # fmt: skip
+                                 executor="ray", ray_address=head.address,
+                                 ray_workdir=args.ray_workdir)  # fmt: skip
             thread = ServerThread(opts)
             info = thread.start()
             try:
@@ -102,7 +104,8 @@ def main() -> None:
                     ray_wait(client, client.submit_job(entrypoint=TRIVIAL, entrypoint_num_cpus=CPUS))
 
                 a, b, r = paired(ours, floor, args.jobs)
-                row(f"trivial job, {args.jobs} each (ours vs JobSubmissionClient)", a, b, ratio=r)
+                what = f"trivial job, {args.jobs} each, --ray-workdir {args.ray_workdir}"
+                row(f"{what} (ours vs JobSubmissionClient)", a, b, ratio=r)
                 mine, theirs = our_log_lags(api), ray_log_lags(client)
                 row(
                     "log latency, print -> client (median)",

@@ -332,8 +332,8 @@ class JobManager:
         workdir.mkdir(parents=True)
         values = await asyncio.to_thread(self._materialize, job, workdir)
         env = self._base_env(job, workdir)
-        if self.environments is not None:
-            env = await self._environment(run, job, env, jl)
+        if self.environments is not None and not getattr(self.executor, "builds_environments", False):
+            env = await self._environment(run, job, env, jl)  # else on the node (Ray, workdir node)
         cmd = substitute(p.cmd, values)
         jl.system(f"running: {cmd}")
         self._progress(job.id, "running", 10)

@@ -152,6 +152,11 @@ class RayExecutor:
         self._room = asyncio.Lock()
 
     @property
+    def builds_environments(self) -> bool:
+        """Whether the job's Python environment is built on the node, not by the server."""
+        return self.workdir_mode == "node"
+
+    @property
     def client(self) -> Any:
         if self._client is None:
             from ray.job_submission import JobSubmissionClient  # optional: jupyter_ds_jobs[ray]
