@@ -73,7 +73,7 @@ def ray_head() -> Iterator[RayHead]:
     pytest.importorskip("ray.job_submission")
     from tests.rayhead import start_head
 
-    head = start_head(num_cpus=2, num_gpus=2)
+    head = start_head(num_cpus=2, num_gpus=2, resources={"ds_test": 2})  # a custom resource too
     try:
         yield head
     finally:

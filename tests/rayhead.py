@@ -7,6 +7,7 @@ temp dir or its GCS port, and their descendants; SIGTERM, a wait, then SIGKILL.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -62,19 +63,21 @@ class RayHead:
         psutil.wait_procs(alive, timeout=5)
 
 
-def start_head(num_cpus: int = 2, num_gpus: int = 2, tries: int = 2) -> RayHead:
-    """A new head; ``ray start`` waits 30 s at most for its raylet, which a loaded machine can
-    miss: one more try then."""
+def start_head(
+    num_cpus: int = 2, num_gpus: int = 2, tries: int = 2, resources: dict[str, float] | None = None
+) -> RayHead:
+    """A new head (``resources``: custom ones, as ``ray start --resources``); ``ray start`` waits
+    30 s at most for its raylet, which a loaded machine can miss: one more try then."""
     for left in range(tries - 1, -1, -1):
         try:
-            return _start_head(num_cpus, num_gpus)
+            return _start_head(num_cpus, num_gpus, resources or {})
         except RuntimeError:
             if not left:
                 raise
     raise AssertionError("unreachable")
 
 
-def _start_head(num_cpus: int, num_gpus: int) -> RayHead:
+def _start_head(num_cpus: int, num_gpus: int, resources: dict[str, float]) -> RayHead:
     # A short temp dir: Ray's unix socket paths must stay under 107 bytes.
     head = RayHead(Path(tempfile.mkdtemp(prefix="ray", dir="/tmp")), _free_port(), _free_port())
     ray = Path(sys.executable).with_name("ray")
@@ -92,6 +95,8 @@ def _start_head(num_cpus: int, num_gpus: int) -> RayHead:
         "--node-manager-port", str(_free_port()),
         "--object-manager-port", str(_free_port()),
     ]  # fmt: skip
+    if resources:
+        cmd += ["--resources", json.dumps(resources)]
     # where the job wrapper keeps the environments it builds on this node (its own, not ~/.cache)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "DS_JOBS_RAY_ENV_DIR": str(head.temp_dir / "envs")}
     try:

@@ -7,6 +7,9 @@ a node without the server's filesystem gets.)
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.server.app import ServerThread
+from jupyter_ds_jobs.server.resources import Profile, default_profiles
 from tests.conftest import RunningServer, ray_server_options
 from tests.jobhelpers import Api
 from tests.rayhead import RayHead
@@ -25,7 +29,13 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def node_server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     opts = ray_server_options(ray_head, tmp_path_factory.mktemp("raynode") / "state")
-    thread = ServerThread(dataclasses.replace(opts, ray_workdir="node"))
+    profiles = {
+        **default_profiles(),
+        "tiny": Profile("tiny", 1, 0.15, 0),  # 150 MiB
+        "custom1": Profile("custom1", 1, 1.0, 0, (("ds_test", 1.0),)),  # the head has 2 ds_test
+        "nowhere": Profile("nowhere", 1, 1.0, 0, (("no_such_resource", 1.0),)),
+    }
+    thread = ServerThread(dataclasses.replace(opts, ray_workdir="node", instance_type_profiles=profiles))
     info = thread.start()
     try:
         yield RunningServer(thread, info)
@@ -114,3 +124,38 @@ def test_a_job_that_cannot_be_prepared_on_the_node_ends_in_error_saying_why(
     assert "no-such-package-here" in err
     assert "exited with code 125" in job.status_details
     assert "building a Python environment" not in _log(api, job_id, ".system.log")  # not the server
+
+
+def _itype(name: str) -> list[jobs_pb2.CloudInstanceType]:
+    return [jobs_pb2.CloudInstanceType(name=name)]
+
+
+def test_a_job_over_its_memory_on_the_node_ends_with_the_clear_status(api: Api) -> None:
+    cmd = "python3 -c 'import time; b = bytearray(400 * 2**20); print(len(b), flush=True); time.sleep(60)'"
+    job_id = api.create(cmd, cloud_instance_types=_itype("tiny"))
+    t0 = time.monotonic()
+    job, _ = api.run(job_id, timeout=120)
+    assert job.status == S.ERROR
+    assert "exceeded the memory of its instance type (0.15 GiB)" in job.status_details
+    assert "killed on the Ray node" in job.status_details
+    assert time.monotonic() - t0 < 45  # not the minute it would sleep
+
+
+def test_custom_ray_resources_of_an_instance_type_reach_ray(api: Api, ray_head: RayHead) -> None:
+    def held() -> float:  # the dashboard reports ds_test as dsTest
+        with urllib.request.urlopen(f"{ray_head.address}/api/cluster_status", timeout=10) as r:
+            return float(json.load(r)["data"]["clusterStatus"]["loadMetricsReport"]["usage"]["dsTest"][0])
+
+    job_id = api.create("sleep 4", cloud_instance_types=_itype("custom1"))
+    api.execute(job_id)
+    seen, deadline = set(), time.monotonic() + 90
+    while api.get(job_id).status not in (S.SUCCESS, S.ERROR) and time.monotonic() < deadline:
+        seen.add(held())
+        time.sleep(0.2)
+    assert api.get(job_id).status == S.SUCCESS
+    assert max(seen) == 1.0  # Ray held one ds_test for the job while it ran
+
+    job_id = api.create("echo never", cloud_instance_types=_itype("nowhere"))
+    job, _ = api.run(job_id, timeout=120)
+    assert job.status == S.ERROR
+    assert "needs 1 no_such_resource; the Ray cluster has 0" in job.status_details

@@ -290,3 +290,18 @@ def test_a_job_whose_type_no_longer_fits_after_a_restart_ends_naming_it(tmp_path
         job, _ = Api(grpc.insecure_channel(info.endpoint), "t").run(job_id)
     assert job.status == S.ERROR
     assert job.status_details.startswith("instance type g1.1 does not fit this server any more: it has ")
+
+
+def test_an_instance_types_file_gives_ray_custom_resources_and_refuses_bad_ones(tmp_path: Path) -> None:
+    f = tmp_path / "types.json"
+    f.write_text(
+        '{"g1.1": {"ray_resources": {"accelerator_type:H200": 1}}, "x1": {"cpus": 1, "memory_gib": 1, "gpus": 0}}'
+    )
+    profiles = load_profiles(f)
+    assert profiles["g1.1"].ray_resources == (("accelerator_type:H200", 1.0),)
+    assert profiles["g1.1"].gpus == 1  # the rest of the built-in type kept
+    assert profiles["x1"].ray_resources == ()
+    for bad in ('{"a": 0}', '{"a": -1}', '{"": 1}', '["a"]', '{"a": true}', '{"a": "1"}'):
+        f.write_text(f'{{"g1.1": {{"ray_resources": {bad}}}}}')
+        with pytest.raises(InvalidArgument, match=r"g1\.1\.ray_resources must map resource names"):
+            load_profiles(f)

@@ -172,7 +172,7 @@ class JobServer:
             return RayExecutor(
                 self.opts.ray_address, self.ray_channels, store.get_job, self.sandbox,
                 workdir_mode=self.opts.ray_workdir, node_python=self.opts.ray_python,
-                find_links=tuple(self.opts.find_links),
+                find_links=tuple(self.opts.find_links), profiles=self.resources.profiles,
             )  # fmt: skip
         if self.opts.executor != "local":
             raise InvalidArgument(f"--executor: {self.opts.executor!r} is neither 'local' nor 'ray'")

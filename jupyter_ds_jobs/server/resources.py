@@ -88,6 +88,8 @@ class Profile:
     cpus: int
     memory_gib: float
     gpus: int
+    #: Ray custom resources a job of this type asks for (``entrypoint_resources``; Ray only).
+    ray_resources: tuple[tuple[str, float], ...] = ()
 
     @property
     def memory_bytes(self) -> int:
@@ -122,9 +124,20 @@ def load_profiles(path: Path) -> dict[str, Profile]:
 def _profile(name: str, spec: Any, base: Profile | None, where: str) -> Profile:
     if not isinstance(spec, dict):
         raise InvalidArgument(f"{where}: {name!r} must be an object with cpus, memory_gib, gpus")
-    unknown = set(spec) - {"cpus", "memory_gib", "gpus"}
+    unknown = set(spec) - {"cpus", "memory_gib", "gpus", "ray_resources"}
     if unknown:
-        raise InvalidArgument(f"{where}: {name}.{sorted(unknown)[0]}: unknown key (cpus, memory_gib, gpus)")
+        raise InvalidArgument(
+            f"{where}: {name}.{sorted(unknown)[0]}: unknown key (cpus, memory_gib, gpus, ray_resources)"
+        )
+    custom = spec.get("ray_resources", dict(base.ray_resources) if base is not None else {})
+    if not isinstance(custom, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, int | float) and not isinstance(v, bool)
+        and math.isfinite(v) and v > 0
+        for k, v in custom.items()
+    ):  # fmt: skip
+        raise InvalidArgument(
+            f"{where}: {name}.ray_resources must map resource names to positive numbers, got {custom!r}"
+        )
     values: dict[str, float] = {}
     for key in ("cpus", "memory_gib", "gpus"):
         value = spec.get(key, getattr(base, key) if base is not None else None)
@@ -136,7 +149,10 @@ def _profile(name: str, spec: Any, base: Profile | None, where: str) -> Profile:
         values[key] = value
     if values["cpus"] < 1 or values["memory_gib"] <= 0:
         raise InvalidArgument(f"{where}: {name} needs at least 1 cpu and some memory")
-    return Profile(name, int(values["cpus"]), float(values["memory_gib"]), int(values["gpus"]))
+    return Profile(
+        name, int(values["cpus"]), float(values["memory_gib"]), int(values["gpus"]),
+        tuple(sorted((k, float(v)) for k, v in custom.items())),
+    )  # fmt: skip
 
 
 def detect_gpus() -> tuple[str, ...]:

@@ -20,7 +20,9 @@ Where the job runs:
   progress file is posted as it grows; when it ends its declared outputs (regular files; links
   are never followed) are streamed back, and the dir is removed.
 
-A CPU job gets ``CUDA_VISIBLE_DEVICES=""`` (Ray leaves it unset, so every GPU would show); a GPU
+A job whose resident memory (its process group's, from /proc) passes its instance type's is
+killed, and the exit report says so (Ray's ``entrypoint_memory`` only schedules). A CPU job gets
+``CUDA_VISIBLE_DEVICES=""`` (Ray leaves it unset, so every GPU would show); a GPU
 job gets the devices Ray assigned to this entrypoint.
 """
 
@@ -174,6 +176,33 @@ def follow_progress(url: str, path: str, done: threading.Event) -> None:
             return
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def group_rss(pgid: int) -> int:
+    """The resident memory of the processes in group ``pgid`` (from /proc), in bytes."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            if int(fields[2]) == pgid:  # after the name: state, ppid, pgrp, ...
+                total += int(fields[21]) * PAGE  # rss, in pages
+    return total
+
+
+def watch_memory(pgid: int, limit: int, done: threading.Event, over: threading.Event) -> None:
+    """Kill the job's group once its resident memory passes ``limit`` (Ray only schedules by it)."""
+    while not done.wait(0.25):
+        if group_rss(pgid) > limit:
+            over.set()
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
+            return
+
+
 def find_uv(candidates: list[str]) -> str:
     for c in [*candidates, shutil.which("uv") or "", os.path.join(sys.prefix, "bin", "uv")]:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
@@ -287,18 +316,19 @@ def main(url: str) -> int:
             emit(f"preparing the job on this node failed: {e}")
             call(url, ("exit", "&code=125"), b"")
             return 0
+    over = threading.Event()
     try:
-        code = run(url, spec, not shared)
+        code = run(url, spec, not shared, over)
         if root is not None and code >= 0:
             upload_outputs(url, spec["cwd"], spec["outputs"])
     finally:
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
-    call(url, ("exit", f"&code={code}"), b"")
+    call(url, ("exit", f"&code={code}" + ("&memory=1" if over.is_set() else "")), b"")
     return 0
 
 
-def run(url: str, spec: dict[str, Any], node: bool) -> int:
+def run(url: str, spec: dict[str, Any], node: bool, over: threading.Event) -> int:
     """Run the job's command; its exit code once its output is posted."""
     env = dict(spec["env"])
     env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "") if spec["gpus"] else ""
@@ -318,6 +348,9 @@ def run(url: str, spec: dict[str, Any], node: bool) -> int:
     signal.signal(signal.SIGTERM, stop)
     done = threading.Event()
     threading.Thread(target=relay_signals, args=(url, proc.pid, done), daemon=True).start()
+    if spec.get("memory_bytes"):
+        args = (proc.pid, spec["memory_bytes"], done, over)
+        threading.Thread(target=watch_memory, args=args, daemon=True).start()
     pumps = [
         threading.Thread(target=pump, args=(url, f.fileno(), n))
         for n, f in ((1, proc.stdout), (2, proc.stderr))

@@ -9,7 +9,8 @@ secret; a random key per run, never the job id):
   Bytes already received are skipped (a retried post is never doubled); a gap is refused (409).
   Answers the stream's new offset;
 - ``GET signal``: a long poll (up to 25 s) for the signals to send to the job's process group;
-- ``POST exit?code=N``: the command ended (after both streams were drained);
+- ``POST exit?code=N[&memory=1]``: the command ended (after both streams were drained);
+  ``memory=1``: the wrapper killed it over its instance type's memory;
 - ``GET wrapper`` / ``GET apply``: the wrapper's own source and the sandbox's exec wrapper, for a
   node that has nothing of this package (the entrypoint only bootstraps from here);
 - ``GET file?path=P``: streams file ``P`` of the job's working dir (a regular file, no link
@@ -70,6 +71,7 @@ class Channel:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     exit: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     fetched: bool = False
+    memory_exceeded: bool = False  # the wrapper killed the job over its memory
 
     @property
     def workdir(self) -> Path:
@@ -177,6 +179,7 @@ class ChannelHandler(tornado.web.RequestHandler):
             self.finish({"offset": ch.offsets[source]})
         elif action == "exit":
             if not ch.exit.done():
+                ch.memory_exceeded = self.get_query_argument("memory", "") == "1"
                 ch.exit.set_result(int(self.get_query_argument("code")))
             self.finish({})
         else:

@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_ds_jobs.common.contract import INSTANCE_TYPES
-from jupyter_ds_jobs.common.errors import Aborted, FailedPrecondition, Unavailable
+from jupyter_ds_jobs.common.errors import Aborted, FailedPrecondition, ResourceExhausted, Unavailable
 from jupyter_ds_jobs.server.environments import EnvSpec
 from jupyter_ds_jobs.server.executors.base import OutputSink
 from jupyter_ds_jobs.server.executors.local import SHELL, direct_argv
 from jupyter_ds_jobs.server.executors.ray_channel import PROGRESS_FILE, Channel, RayChannels
+from jupyter_ds_jobs.server.resources import Profile, gib
 from jupyter_ds_jobs.server.sandbox import APPLY_SCRIPT, JobSandbox, Sandbox
 from jupyter_ds_jobs.server.validation import placed
 
@@ -54,17 +55,18 @@ MARKER = ".ds-ray-shared"
 WORKDIR_MODES = ("auto", "shared", "node")
 
 
-def _resources(name: str | None, totals: Mapping[str, float]) -> tuple[float, int, int]:
-    """(cpus, gpus, memory bytes) for instance type ``name`` on a cluster with ``totals``."""
-    it = INSTANCE_TYPES.get(name or "")
-    if it is None:
+def _resources(profile: Profile | None, totals: Mapping[str, float]) -> tuple[float, int, int]:
+    """(cpus, gpus, memory bytes) for a job of ``profile`` on a cluster with ``totals``."""
+    if profile is None:
         return min(1.0, totals.get("CPU", 1.0)), 0, 0
-    if it.gpus > totals.get("GPU", 0):
-        raise FailedPrecondition(
-            f"instance type {it.name} needs {it.gpus} GPU(s); the Ray cluster has {totals.get('GPU', 0):g}"
-        )
-    mem = min(it.memory_gib * 2**30, int(totals.get("memory", 0)))
-    return min(float(it.cpus), totals.get("CPU", 1.0)), it.gpus, mem
+    needs = [("GPU", float(profile.gpus))] if profile.gpus else []
+    for key, amount in [*needs, *profile.ray_resources]:
+        if amount > totals.get(key, 0):
+            raise FailedPrecondition(
+                f"instance type {profile.name} needs {amount:g} {key}; the Ray cluster has {totals.get(key, 0):g}"
+            )
+    mem = min(profile.memory_bytes, int(totals.get("memory", 0)))
+    return min(float(profile.cpus), totals.get("CPU", 1.0)), profile.gpus, mem
 
 
 class RayProcess:
@@ -93,6 +95,11 @@ class RayProcess:
         while True:
             done, _ = await asyncio.wait([self.ch.exit], timeout=1.0)
             if done:
+                if self.ch.memory_exceeded:
+                    raise ResourceExhausted(
+                        f"the job exceeded the memory of its instance type ({gib(self.held[2] / 2**30)}) "
+                        "and was killed on the Ray node"
+                    )
                 return self.ch.exit.result()
             info = await asyncio.to_thread(self.executor.client.get_job_info, self.sid)
             status = str(getattr(info.status, "value", info.status))
@@ -136,6 +143,7 @@ class RayExecutor:
         workdir_mode: str = "auto",
         node_python: str = "python3",
         find_links: tuple[str, ...] = (),
+        profiles: Mapping[str, Profile] | None = None,
     ) -> None:
         if workdir_mode not in WORKDIR_MODES:
             raise ValueError(f"workdir_mode {workdir_mode!r} is none of {', '.join(WORKDIR_MODES)}")
@@ -147,6 +155,7 @@ class RayExecutor:
         self.workdir_mode = workdir_mode
         self.node_python = node_python
         self.find_links = find_links
+        self.profiles = dict(profiles or {})
         self._client: Any = None
         self._held = [0.0, 0.0, 0.0]  # cpus, gpus, memory submitted and not seen end
         self._room = asyncio.Lock()
@@ -165,30 +174,43 @@ class RayExecutor:
         return self._client
 
     def cluster(self) -> dict[str, tuple[float, float]]:
-        """The cluster's resources as (used, total), from the dashboard's cluster status."""
+        """The cluster's resources as (used, total), from the dashboard's cluster status (which
+        camel-cases resource names: ``ds_test`` is reported as ``dsTest``; both are keys here)."""
         url = f"{self.client.get_address()}/api/cluster_status"
         with urllib.request.urlopen(url, timeout=10) as resp:
             usage = json.load(resp)["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
-        return {k: (float(v[0]), float(v[1])) for k, v in usage.items()}
+        out = {k: (float(v[0]), float(v[1])) for k, v in usage.items()}
+        for name, _ in (r for p in self.profiles.values() for r in p.ray_resources):
+            if name not in out and _camel(name) in out:
+                out[name] = out[_camel(name)]
+        return out
 
     def release(self, held: tuple[float, ...]) -> None:
         for i, v in enumerate(held):
             self._held[i] -= v
 
-    def instance_type(self, job_id: str) -> str | None:
-        return job_instance_type(self.job_of(job_id))
+    def profile(self, job_id: str) -> Profile | None:
+        """The job's instance type as this server defines it (its --instance-types-file too)."""
+        name = job_instance_type(self.job_of(job_id)) or ""
+        return self.profiles.get(name) or (
+            Profile(name, it.cpus, float(it.memory_gib), it.gpus)
+            if (it := INSTANCE_TYPES.get(name))
+            else None
+        )
 
-    async def _wait_for_room(self, name: str | None) -> tuple[float, int, int]:
+    async def _wait_for_room(self, profile: Profile | None) -> tuple[float, int, int]:
         """Hold the job's resources once the cluster has room for them."""
+        custom = profile.ray_resources if profile is not None else ()
         async with self._room:
             while True:
                 usage = await asyncio.to_thread(self.cluster)
                 totals = {k: t for k, (_, t) in usage.items()}
-                want = _resources(name, totals)
-                keys = ("CPU", "GPU", "memory")
+                want = _resources(profile, totals)
+                keys = ("CPU", "GPU", "memory", *(k for k, _ in custom))
+                held = [*self._held, *(0.0 for _ in custom)]
                 if all(
                     w <= usage.get(k, (0.0, 0.0))[1] - max(usage.get(k, (0.0, 0.0))[0], h) + 1e-9
-                    for k, w, h in zip(keys, want, self._held, strict=True)
+                    for k, w, h in zip(keys, [*want, *(v for _, v in custom)], held, strict=True)
                 ):
                     for i, w in enumerate(want):
                         self._held[i] += w
@@ -255,12 +277,14 @@ class RayExecutor:
         return f"{self.node_python} -I -S -c '{_BOOTSTRAP}' '{url}'"
 
     async def _submit(self, cmd: str, cwd: Path, job: JobSandbox, sink: OutputSink) -> RayProcess:
-        cpus, gpus, mem = await self._wait_for_room(self.instance_type(cwd.name))
+        profile = self.profile(cwd.name)
+        cpus, gpus, mem = await self._wait_for_room(profile)
         try:
             spec = await asyncio.to_thread(self._spec, cmd, cwd, job, gpus, self.job_of(cwd.name))
         except BaseException:
             self.release((cpus, gpus, mem))
             raise
+        spec["memory_bytes"] = mem  # the wrapper holds the job to it (Ray only schedules by it)
         ch, url = self.channels.open(spec, sink)
         if self.workdir_mode != "node":  # the wrapper runs in this dir if it finds this there
             spec["marker"], spec["marker_key"] = MARKER, ch.key
@@ -274,6 +298,9 @@ class RayExecutor:
                 entrypoint_num_cpus=cpus,
                 entrypoint_num_gpus=gpus,
                 entrypoint_memory=mem or None,
+                entrypoint_resources=dict(profile.ray_resources)
+                if profile and profile.ray_resources
+                else None,
             )
         except BaseException:
             self.channels.close(ch)
@@ -287,6 +314,11 @@ _BOOTSTRAP = (
     'import sys,urllib.request as r;b,_,q=sys.argv[1].partition("?");'
     'exec(compile(r.urlopen(b+"/wrapper?"+q,timeout=60).read(),"_ray_wrapper.py","exec"))'
 )
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
 def _manifest(cwd: Path) -> list[list[Any]]:
