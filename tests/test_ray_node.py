@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from jupyter_ds_jobs._proto import jobs_pb2
@@ -159,3 +160,21 @@ def test_custom_ray_resources_of_an_instance_type_reach_ray(api: Api, ray_head: 
     job, _ = api.run(job_id, timeout=120)
     assert job.status == S.ERROR
     assert "needs 1 no_such_resource; the Ray cluster has 0" in job.status_details
+
+
+def test_instance_types_are_checked_against_the_clusters_gpus_not_this_machines(
+    ray_head: RayHead, tmp_path: Path
+) -> None:
+    opts = dataclasses.replace(ray_server_options(ray_head, tmp_path / "state"), gpus=None)  # not declared
+    thread = ServerThread(opts)
+    info = thread.start()
+    try:
+        api = Api(grpc.insecure_channel(info.endpoint), info.token)
+        job_id = api.create("true", cloud_instance_types=_itype("g1.2"))  # the head's 2 declared GPUs
+        assert api.get(job_id).actual_cloud_instance_type.name == "g1.2"
+        with pytest.raises(grpc.RpcError) as e:
+            api.create("true", cloud_instance_types=_itype("g1.4"))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "memory, 2 GPUs" in (e.value.details() or "")  # what the cluster has
+    finally:
+        thread.stop()

@@ -41,7 +41,14 @@ from jupyter_ds_jobs.server.http import make_http_server
 from jupyter_ds_jobs.server.jobs import Jobs
 from jupyter_ds_jobs.server.logs import LogStore
 from jupyter_ds_jobs.server.operations import Operations
-from jupyter_ds_jobs.server.resources import Capacity, Profile, Resources, default_profiles, load_profiles
+from jupyter_ds_jobs.server.resources import (
+    GIB,
+    Capacity,
+    Profile,
+    Resources,
+    default_profiles,
+    load_profiles,
+)
 from jupyter_ds_jobs.server.runtime import JobManager
 from jupyter_ds_jobs.server.sandbox import Isolation, RunAs, Sandbox
 from jupyter_ds_jobs.server.service import (
@@ -137,6 +144,7 @@ class JobServer:
             environments = EnvironmentCache(
                 sd / "envs", size_cap_bytes=self.opts.env_cache_cap_bytes, find_links=self.opts.find_links
             )
+        executor = self._executor()
         self.manager = JobManager(
             self.store,
             self.blobs,
@@ -145,7 +153,7 @@ class JobServer:
             sd / "projects",
             max_concurrent=self.opts.max_concurrent_jobs,
             environments=environments,
-            executor=self._executor(),
+            executor=executor,
             work_root=sd / "work",
             resources=self.resources,
         )
@@ -169,14 +177,33 @@ class JobServer:
             store = self.store
             if self.opts.ray_workdir not in WORKDIR_MODES:
                 raise InvalidArgument(f"--ray-workdir: {self.opts.ray_workdir!r} is none of {WORKDIR_MODES}")
-            return RayExecutor(
+            ray = RayExecutor(
                 self.opts.ray_address, self.ray_channels, store.get_job, self.sandbox,
                 workdir_mode=self.opts.ray_workdir, node_python=self.opts.ray_python,
                 find_links=tuple(self.opts.find_links), profiles=self.resources.profiles,
             )  # fmt: skip
+            self._use_cluster_capacity(ray)
+            return ray
         if self.opts.executor != "local":
             raise InvalidArgument(f"--executor: {self.opts.executor!r} is neither 'local' nor 'ray'")
         return ZygoteExecutor(self.sandbox) if self.opts.warm_start else LocalExecutor(self.sandbox)
+
+    def _use_cluster_capacity(self, ray: Any) -> None:
+        """Instance types are checked at Create against the Ray cluster's CPUs, memory and GPUs
+        (what is declared with --cpus / --memory-gib / --gpus still wins), not this machine's."""
+        o = self.opts
+        try:
+            totals = {k: t for k, (_, t) in ray.cluster().items()}
+        except Exception as e:  # any failure: the cluster may come up later
+            log.warning("the Ray cluster at %s did not answer (%s): instance types are checked "
+                        "against this machine's resources until the server restarts", o.ray_address, e)  # fmt: skip
+            return
+        cpus = o.cpus if o.cpus is not None else max(1, int(totals.get("CPU", 1)))
+        gpus = o.gpus if o.gpus is not None else int(totals.get("GPU", 0))
+        mem = int(o.memory_gib * GIB) if o.memory_gib is not None else int(totals.get("memory", 0)) or GIB
+        capacity = Capacity(tuple(range(cpus)), mem, tuple(str(i) for i in range(gpus)))
+        self.resources = Resources(self.resources.profiles, capacity, strict=o.strict_resources)
+        log.info("the Ray cluster has %s", capacity.describe())
 
     async def start(self) -> ConnectionInfo:
         self.jobs = self._build()
