@@ -22,11 +22,14 @@ import psutil
 __all__ = ["RayHead", "start_head"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open while picked: one picked after another closes
+    may be the same port again, and Ray refuses two components on one port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 @dataclass
@@ -79,21 +82,22 @@ def start_head(
 
 def _start_head(num_cpus: int, num_gpus: int, resources: dict[str, float]) -> RayHead:
     # A short temp dir: Ray's unix socket paths must stay under 107 bytes.
-    head = RayHead(Path(tempfile.mkdtemp(prefix="ray", dir="/tmp")), _free_port(), _free_port())
+    ports = iter(_free_ports(9))
+    head = RayHead(Path(tempfile.mkdtemp(prefix="ray", dir="/tmp")), next(ports), next(ports))
     ray = Path(sys.executable).with_name("ray")
     cmd = [
         str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(head.gcs_port),
         "--temp-dir", str(head.temp_dir), "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus),
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(head.dashboard_port),
-        "--ray-client-server-port", str(_free_port()), "--disable-usage-stats",
+        "--ray-client-server-port", str(next(ports)), "--disable-usage-stats",
         # Every port of its own: Ray's fixed defaults (the job agent's 52365, ...) may be taken
         # by another head on a shared machine, and a head whose job agent cannot bind takes no job.
-        "--dashboard-agent-listen-port", str(_free_port()),
-        "--dashboard-agent-grpc-port", str(_free_port()),
-        "--runtime-env-agent-port", str(_free_port()),
-        "--metrics-export-port", str(_free_port()),
-        "--node-manager-port", str(_free_port()),
-        "--object-manager-port", str(_free_port()),
+        "--dashboard-agent-listen-port", str(next(ports)),
+        "--dashboard-agent-grpc-port", str(next(ports)),
+        "--runtime-env-agent-port", str(next(ports)),
+        "--metrics-export-port", str(next(ports)),
+        "--node-manager-port", str(next(ports)),
+        "--object-manager-port", str(next(ports)),
     ]  # fmt: skip
     if resources:
         cmd += ["--resources", json.dumps(resources)]
