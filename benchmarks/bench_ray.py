@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import statistics
 import sys
 import tempfile
@@ -83,6 +84,8 @@ def main() -> None:
     args = ap.parse_args()
     from ray.job_submission import JobSubmissionClient
 
+    # a timeout's SIGTERM still stops the head (by its processes) through the finally below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     head = start_head(num_cpus=CPUS, num_gpus=0)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -96,9 +99,14 @@ def main() -> None:
                 client = JobSubmissionClient(head.address)
                 itype = [jobs_pb2.CloudInstanceType(name="c1.4")]
 
+                done = [0]
+
                 def ours() -> None:
                     job, _ = api.run(api.create(TRIVIAL, cloud_instance_types=itype), timeout=300)
                     assert job.status == jobs_pb2.SUCCESS, job.status_details
+                    done[0] += 1
+                    if done[0] % 10 == 0:
+                        print(f"  {done[0]} of ours done", file=sys.stderr, flush=True)
 
                 def floor() -> None:
                     ray_wait(client, client.submit_job(entrypoint=TRIVIAL, entrypoint_num_cpus=CPUS))

@@ -99,6 +99,19 @@ def ray_server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> I
         thread.stop()
 
 
+@pytest.fixture(scope="session")
+def ray_node_server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The same with ``ray_workdir="node"``: jobs in a private dir on the node, files streamed."""
+    opts = ray_server_options(ray_head, tmp_path_factory.mktemp("raynode") / "state")
+    opts.ray_workdir = "node"
+    thread = ServerThread(opts)
+    info = thread.start()
+    try:
+        yield RunningServer(thread, info)
+    finally:
+        thread.stop()
+
+
 # Tiny wheels built here and a local simple index over them: job environments without a network.
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -156,15 +156,25 @@ def test_gpu_and_cpu_types_see_their_cuda_devices(api: Api) -> None:
     assert _out(api, cpu.id) == b"''\n"  # set and empty: no GPU shows
 
 
-def test_a_job_waits_for_room_instead_of_pending_in_ray(ray_head: RayHead, api: Api) -> None:
+def test_a_job_waits_for_room_instead_of_pending_in_ray(
+    ray_head: RayHead, ray_server: RunningServer, api: Api
+) -> None:
     from ray.job_submission import JobSubmissionClient
 
-    first = api.create("echo started; sleep 2", cloud_instance_types=_itype("c1.4"))  # all 2 CPUs
-    second = api.create("echo second", cloud_instance_types=_itype("c1.4"))
-    op1, op2 = api.execute(first), api.execute(second)
-    _wait_log(api, first, b"started")
+    hold = "echo started; while [ ! -e go ]; do sleep 0.05; done"  # until the test says go
+    jobs = [api.create(hold, cloud_instance_types=_itype("c1.4")) for _ in range(2)]  # 2 CPUs each
+    ops = [api.execute(j) for j in jobs]
+    deadline = time.monotonic() + 90
+    while all(api.get(j).status != S.EXECUTING for j in jobs):  # one of them takes the room first
+        assert time.monotonic() < deadline, "neither job started"
+        time.sleep(0.1)
+    time.sleep(1.5)  # the executor polls the cluster twice a second: more room would show by now
+    first, second = sorted(jobs, key=lambda j: api.get(j).status != S.EXECUTING)
     client = JobSubmissionClient(ray_head.address)
     assert not [j for j in client.list_jobs() if second in (j.submission_id or "")]  # not submitted yet
-    assert api.wait(op2, 120).done and api.wait(op1, 1).done
-    assert api.get(second).status == S.SUCCESS
+    assert api.get(second).status == S.PREPARING  # waiting here for room, not PENDING in Ray
+    for j in jobs:
+        (_workdir(ray_server, j) / "go").touch()
+    assert all(api.wait(op, 120).done for op in ops)
+    assert [api.get(j).status for j in jobs] == [S.SUCCESS, S.SUCCESS]
     assert api.get(first).finished_at.ToDatetime() <= api.get(second).started_at.ToDatetime()

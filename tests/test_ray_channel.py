@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,22 @@ def _run(test: Callable[[Bench], Coroutine[Any, Any, None]], root: Path) -> None
         finally:
             bench.server.stop()
 
-    asyncio.run(main())
+    # its own thread and loop: an earlier test of the session may have left a loop running in
+    # this one (asyncio.run refuses then)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # re-raised below, in the test's thread
+            errors.append(e)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "the channel test did not end in 120 s"
+    if errors:
+        raise errors[0]
 
 
 async def _reads(b: Bench) -> None:

@@ -40,9 +40,24 @@ def _ran_on_ray(api: Api, job_id: str) -> bool:
     return f"isolation: Ray job dsjobs-{job_id}" in _log(api, job_id, ".system.log")
 
 
+@pytest.fixture(params=["shared", "node"])
+def any_ray_server(request: pytest.FixtureRequest) -> RunningServer:
+    """The Ray-executor server, its jobs in the server's dir (shared) or in the node's (node)."""
+    server: RunningServer = request.getfixturevalue(
+        "ray_server" if request.param == "shared" else "ray_node_server"
+    )
+    return server
+
+
 @pytest.fixture
 def client(ray_server: RunningServer) -> Iterator[JobsClient]:
     with JobsClient(ray_server.info.endpoint, ray_server.info.token, project_id="proj") as c:
+        yield c
+
+
+@pytest.fixture
+def any_client(any_ray_server: RunningServer) -> Iterator[JobsClient]:
+    with JobsClient(any_ray_server.info.endpoint, any_ray_server.info.token, project_id="proj") as c:
         yield c
 
 
@@ -63,7 +78,7 @@ def test_a_python_env_job_runs_on_ray_in_its_environment(ray_server: RunningServ
 
 
 @pytest.fixture
-def shell(client: JobsClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> InteractiveShell:
+def shell(any_client: JobsClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> InteractiveShell:
     """The session's InteractiveShell, its ``%%ds_job`` on the Ray-executor server, in tmp_path."""
     monkeypatch.setenv("DS_JOBS_DISPLAY", "text")
     monkeypatch.setenv("DS_JOBS_CONFIG", str(tmp_path / "settings.json"))
@@ -71,7 +86,7 @@ def shell(client: JobsClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     sh = InteractiveShell.instance()
     sh.run_line_magic("load_ext", "jupyter_ds_jobs")
     m = DsJobsMagics(sh)
-    m.client = client
+    m.client = any_client
     sh.register_magics(m)
     for name in [k for k in sh.user_ns if not k.startswith("_") and k not in sh.user_ns_hidden]:
         del sh.user_ns[name]
@@ -79,7 +94,7 @@ def shell(client: JobsClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_a_ds_job_cell_runs_on_ray_and_brings_back_variables_and_files(
-    shell: InteractiveShell, ray_server: RunningServer, tmp_path: Path
+    shell: InteractiveShell, any_ray_server: RunningServer, tmp_path: Path
 ) -> None:
     shell.user_ns["base"] = 7
     cell = (
@@ -94,13 +109,18 @@ def test_a_ds_job_cell_runs_on_ray_and_brings_back_variables_and_files(
     assert ns["square"] == 49
     assert (tmp_path / "report.txt").read_text() == "square=49"  # written there, brought back
     job_id = ns["h"].job_id
-    assert Path(ns["where"]).name == job_id  # it ran in the job's working dir
-    assert _ran_on_ray(_api(ray_server), job_id)
+    where = Path(ns["where"])  # it ran in the job's working dir: the server's or the node's own
+    if any_ray_server.thread.opts.ray_workdir == "node":
+        assert where.name == "work" and where.parent.name.startswith("dsjob-")
+    else:
+        assert where == Path(any_ray_server.info.state_dir) / "work" / job_id
+    assert _ran_on_ray(_api(any_ray_server), job_id)
 
 
 def test_a_notebook_runs_on_ray_with_its_outputs(
-    client: JobsClient, ray_server: RunningServer, tmp_path: Path
+    any_client: JobsClient, any_ray_server: RunningServer, tmp_path: Path
 ) -> None:
+    client, ray_server = any_client, any_ray_server
     path = write_notebook(
         tmp_path / "nb.ipynb",
         [("code", "n = 1", ["parameters"]), ("markdown", "# on Ray"), ("code", "print('n is', n)"),

@@ -31,6 +31,7 @@ import shutil
 import signal
 import stat
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,6 +52,7 @@ __all__ = ["RayExecutor", "RayProcess", "job_instance_type"]
 WRAPPER = str(Path(__file__).with_name("_ray_wrapper.py"))
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 _POLL_S = 0.5
+_USAGE_LAG_S = 15.0  # how long the dashboard's usage may still count a job that ended
 MARKER = ".ds-ray-shared"
 WORKDIR_MODES = ("auto", "shared", "node")
 
@@ -158,6 +160,7 @@ class RayExecutor:
         self.profiles = dict(profiles or {})
         self._client: Any = None
         self._held = [0.0, 0.0, 0.0]  # cpus, gpus, memory submitted and not seen end
+        self._released: list[tuple[float, tuple[float, ...]]] = []  # (when, what) given back
         self._room = asyncio.Lock()
 
     @property
@@ -188,6 +191,14 @@ class RayExecutor:
     def release(self, held: tuple[float, ...]) -> None:
         for i, v in enumerate(held):
             self._held[i] -= v
+        self._released.append((time.monotonic(), held))
+
+    def _recently_released(self) -> list[float]:
+        """What our jobs gave back in the last ``_USAGE_LAG_S``: the dashboard's usage still
+        counts it for a few seconds after a job ends (without this, each next job would wait)."""
+        now = time.monotonic()
+        self._released = [(t, h) for t, h in self._released if now - t < _USAGE_LAG_S]
+        return [sum(h[i] for _, h in self._released) for i in range(3)]
 
     def profile(self, job_id: str) -> Profile | None:
         """The job's instance type as this server defines it (its --instance-types-file too)."""
@@ -208,9 +219,11 @@ class RayExecutor:
                 want = _resources(profile, totals)
                 keys = ("CPU", "GPU", "memory", *(k for k, _ in custom))
                 held = [*self._held, *(0.0 for _ in custom)]
+                gone = [*self._recently_released(), *(0.0 for _ in custom)]
+                used = [max(usage.get(k, (0.0, 0.0))[0] - g, 0.0) for k, g in zip(keys, gone, strict=True)]
                 if all(
-                    w <= usage.get(k, (0.0, 0.0))[1] - max(usage.get(k, (0.0, 0.0))[0], h) + 1e-9
-                    for k, w, h in zip(keys, [*want, *(v for _, v in custom)], held, strict=True)
+                    w <= usage.get(k, (0.0, 0.0))[1] - max(u, h) + 1e-9
+                    for k, w, u, h in zip(keys, [*want, *(v for _, v in custom)], used, held, strict=True)
                 ):
                     for i, w in enumerate(want):
                         self._held[i] += w
