@@ -4,6 +4,7 @@ Ray head for the session and a job server with ``executor="ray"`` on it (the Ray
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,14 +57,21 @@ def server_options(tmp_path: Path) -> ServerOptions:
     )
 
 
-@pytest.fixture
-def server(server_options: ServerOptions) -> Iterator[RunningServer]:
-    thread = ServerThread(server_options)
+@contextlib.contextmanager
+def running_server(opts: ServerOptions) -> Iterator[RunningServer]:
+    """A job server with ``opts`` on its own thread, stopped on the way out."""
+    thread = ServerThread(opts)
     info = thread.start()
     try:
         yield RunningServer(thread, info)
     finally:
         thread.stop()
+
+
+@pytest.fixture
+def server(server_options: ServerOptions) -> Iterator[RunningServer]:
+    with running_server(server_options) as s:
+        yield s
 
 
 # One Ray head for the whole session (tests/rayhead.py: 127.0.0.1, its own temp dir and ports,
@@ -91,12 +99,8 @@ def ray_server_options(head: RayHead, state_dir: Path) -> ServerOptions:
 
 @pytest.fixture(scope="session")
 def ray_server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    thread = ServerThread(ray_server_options(ray_head, tmp_path_factory.mktemp("ray") / "state"))
-    info = thread.start()
-    try:
-        yield RunningServer(thread, info)
-    finally:
-        thread.stop()
+    with running_server(ray_server_options(ray_head, tmp_path_factory.mktemp("ray") / "state")) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")
@@ -104,12 +108,8 @@ def ray_node_server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory)
     """The same with ``ray_workdir="node"``: jobs in a private dir on the node, files streamed."""
     opts = ray_server_options(ray_head, tmp_path_factory.mktemp("raynode") / "state")
     opts.ray_workdir = "node"
-    thread = ServerThread(opts)
-    info = thread.start()
-    try:
-        yield RunningServer(thread, info)
-    finally:
-        thread.stop()
+    with running_server(opts) as s:
+        yield s
 
 
 # Tiny wheels built here and a local simple index over them: job environments without a network.

@@ -17,9 +17,8 @@ import jupyter_ds_jobs
 from jupyter_ds_jobs._proto import jobs_pb2
 from jupyter_ds_jobs.core.client import JobsClient
 from jupyter_ds_jobs.magics import DsJobsMagics
-from jupyter_ds_jobs.server.app import ServerThread
 from jupyter_ds_jobs.server.resources import Profile
-from tests.conftest import RunningServer, ray_server_options
+from tests.conftest import RunningServer, ray_server_options, running_server
 from tests.jobhelpers import Api
 from tests.notebookhelpers import write_notebook
 from tests.rayhead import RayHead
@@ -143,12 +142,8 @@ def one_cpu_server(ray_head: RayHead, tmp_path: Path) -> Iterator[RunningServer]
     opts.cpus, opts.memory_gib = 1, 4.0
     opts.instance_type_profiles = {"t1.1": Profile("t1.1", 1, 1.0, 0)}
     opts.max_concurrent_jobs = 2
-    thread = ServerThread(opts)
-    info = thread.start()
-    try:
-        yield RunningServer(thread, info)
-    finally:
-        thread.stop()
+    with running_server(opts) as s:
+        yield s
 
 
 def test_the_servers_own_resources_do_not_hold_back_jobs_ray_places(one_cpu_server: RunningServer) -> None:

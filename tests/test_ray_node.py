@@ -17,9 +17,8 @@ import grpc
 import pytest
 
 from jupyter_ds_jobs._proto import jobs_pb2
-from jupyter_ds_jobs.server.app import ServerThread
 from jupyter_ds_jobs.server.resources import Profile, default_profiles
-from tests.conftest import RunningServer, ray_server_options
+from tests.conftest import RunningServer, ray_server_options, running_server
 from tests.jobhelpers import Api
 from tests.rayhead import RayHead
 
@@ -36,12 +35,8 @@ def node_server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> 
         "custom1": Profile("custom1", 1, 1.0, 0, (("ds_test", 1.0),)),  # the head has 2 ds_test
         "nowhere": Profile("nowhere", 1, 1.0, 0, (("no_such_resource", 1.0),)),
     }
-    thread = ServerThread(dataclasses.replace(opts, ray_workdir="node", instance_type_profiles=profiles))
-    info = thread.start()
-    try:
-        yield RunningServer(thread, info)
-    finally:
-        thread.stop()
+    with running_server(dataclasses.replace(opts, ray_workdir="node", instance_type_profiles=profiles)) as s:
+        yield s
 
 
 @pytest.fixture
@@ -166,15 +161,11 @@ def test_instance_types_are_checked_against_the_clusters_gpus_not_this_machines(
     ray_head: RayHead, tmp_path: Path
 ) -> None:
     opts = dataclasses.replace(ray_server_options(ray_head, tmp_path / "state"), gpus=None)  # not declared
-    thread = ServerThread(opts)
-    info = thread.start()
-    try:
-        api = Api(grpc.insecure_channel(info.endpoint), info.token)
+    with running_server(opts) as server:
+        api = Api(server.channel(), server.info.token)
         job_id = api.create("true", cloud_instance_types=_itype("g1.2"))  # the head's 2 declared GPUs
         assert api.get(job_id).actual_cloud_instance_type.name == "g1.2"
         with pytest.raises(grpc.RpcError) as e:
             api.create("true", cloud_instance_types=_itype("g1.4"))
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "memory, 2 GPUs" in (e.value.details() or "")  # what the cluster has
-    finally:
-        thread.stop()

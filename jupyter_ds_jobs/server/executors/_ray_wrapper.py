@@ -53,22 +53,31 @@ PROGRESS_SOURCE = 3
 ENV_FORMAT = 1
 
 
-def call(url: str, path: tuple[str, str], data: bytes | None = None, timeout: float = 30.0) -> Any:
-    base, _, query = url.partition("?")
-    req = urllib.request.Request(
-        f"{base}/{path[0]}?{query}{path[1]}", data=data, method="POST" if data is not None else "GET"
-    )
+def retrying(fn: Any) -> Any:
+    """``fn()``, again after a network error (not after an HTTP answer), backing off."""
     for attempt in range(RETRIES):
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read() or b"{}")
+            return fn()
         except urllib.error.HTTPError:
             raise
         except OSError:
             if attempt == RETRIES - 1:
                 raise
             time.sleep(0.2 * 2**attempt)
-    return {}
+    return None
+
+
+def call(url: str, path: tuple[str, str], data: bytes | None = None, timeout: float = 30.0) -> Any:
+    base, _, query = url.partition("?")
+    req = urllib.request.Request(
+        f"{base}/{path[0]}?{query}{path[1]}", data=data, method="POST" if data is not None else "GET"
+    )
+
+    def once() -> Any:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"{}")
+
+    return retrying(once)
 
 
 OFFSETS = {1: 0, 2: 0}  # what the server has of stdout and stderr
@@ -105,40 +114,31 @@ def fetch_files(url: str, files: list[list[Any]], root: str) -> None:
     for rel, size, mode in files:
         dest = os.path.join(root, rel)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        for attempt in range(RETRIES):
-            try:
-                with urllib.request.urlopen(file_url(url, rel), timeout=60) as resp, open(dest, "wb") as f:
-                    shutil.copyfileobj(resp, f, FILE_CHUNK)
-                break
-            except urllib.error.HTTPError:
-                raise
-            except OSError:
-                if attempt == RETRIES - 1:
-                    raise
-                time.sleep(0.2 * 2**attempt)
+
+        def fetch(rel: str = rel, dest: str = dest) -> None:
+            with urllib.request.urlopen(file_url(url, rel), timeout=60) as resp, open(dest, "wb") as f:
+                shutil.copyfileobj(resp, f, FILE_CHUNK)
+
+        retrying(fetch)
         if os.path.getsize(dest) != size:
             raise OSError(f"{rel}: got {os.path.getsize(dest)} bytes of {size}")
         os.chmod(dest, mode & 0o777)
 
 
 def put_file(url: str, rel: str, path: str) -> None:
-    for attempt in range(RETRIES):
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                req = urllib.request.Request(
-                    file_url(url, rel), data=f, method="PUT", headers={"Content-Length": str(size)}
-                )
-                urllib.request.urlopen(req, timeout=300).close()
-            return
-        except urllib.error.HTTPError as e:
-            if e.code == 409:  # there already (an earlier try that did arrive)
-                return
+    def once() -> None:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            req = urllib.request.Request(
+                file_url(url, rel), data=f, method="PUT", headers={"Content-Length": str(size)}
+            )
+            urllib.request.urlopen(req, timeout=300).close()
+
+    try:
+        retrying(once)
+    except urllib.error.HTTPError as e:
+        if e.code != 409:  # 409: there already (an earlier try that did arrive)
             raise
-        except OSError:
-            if attempt == RETRIES - 1:
-                raise
-            time.sleep(0.2 * 2**attempt)
 
 
 def upload_outputs(url: str, root: str, outputs: list[str]) -> None:
