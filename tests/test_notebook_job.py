@@ -32,7 +32,7 @@ from jupyter_ds_jobs.packaging.nbparams import (
     render_literal,
 )
 from jupyter_ds_jobs.packaging.notebook import NotebookJobOptions, build_notebook_job
-from jupyter_ds_jobs.server import runtime
+from jupyter_ds_jobs.server.executors import base as executor_base
 from tests.notebookhelpers import (
     EXAMPLES,
     cli_env,
@@ -77,7 +77,7 @@ def test_runner_is_self_contained_and_its_copies_are_pinned() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert imported - {"__future__", "IPython", "traitlets"} <= set(sys.stdlib_module_names)
-    assert nbrunner.PROGRESS_FILE == runtime.PROGRESS_FILE  # the server reads the cells' progress there
+    assert nbrunner.PROGRESS_FILE == executor_base.PROGRESS_FILE  # the server reads the cells' progress there
 
 
 # --------------------------------------------------------------------------- parameters

@@ -600,10 +600,9 @@ def test_runner_names_match_the_package() -> None:
     import ast
     import inspect
 
-    from jupyter_ds_jobs.server import runtime
-    from jupyter_ds_jobs.server.executors import zygote
+    from jupyter_ds_jobs.server.executors import base, zygote
 
-    assert runner.PROGRESS_FILE == runtime.PROGRESS_FILE  # the server reads the cell's progress there
+    assert runner.PROGRESS_FILE == base.PROGRESS_FILE  # the server reads the cell's progress there
     assert runner.RUNNER_FILE in zygote.WARM_SCRIPTS  # cell jobs start warm
     assert runner._PyCF_ALLOW_TOP_LEVEL_AWAIT == ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     assert runner._CO_COROUTINE == inspect.CO_COROUTINE

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from jupyter_ds_jobs.common.errors import DsJobsError, FailedPrecondition, Resou
 from jupyter_ds_jobs.server.blobs import BlobStore
 from jupyter_ds_jobs.server.environments import Environment, EnvironmentCache, EnvSpec
 from jupyter_ds_jobs.server.executors import Executor, LocalExecutor, RunningProcess
-from jupyter_ds_jobs.server.executors.base import OutputSink
+from jupyter_ds_jobs.server.executors.base import PROGRESS_FILE, OutputSink
 from jupyter_ds_jobs.server.logs import SOURCE_ERR, SOURCE_OUT, JobLog, LogStore
 from jupyter_ds_jobs.server.outputs import store_dir, store_file
 from jupyter_ds_jobs.server.resources import Allotment, Resources, watch_memory
@@ -57,7 +56,6 @@ S = jobs_pb2
 CANCELLED_CODE = rpc_code(grpc.StatusCode.CANCELLED)
 ABORTED_CODE = rpc_code(grpc.StatusCode.ABORTED)
 INTERNAL_CODE = rpc_code(grpc.StatusCode.INTERNAL)
-PROGRESS_FILE = "job_progress.jsonl"
 
 
 class CancelMode(StrEnum):
@@ -136,11 +134,6 @@ class JobManager:
         """Remove the job's working dir and its logs dir (its data)."""
         for path in (self.workdir(job_id), self.jobs_root / job_id):
             shutil.rmtree(path, ignore_errors=True)
-
-    def _runs_here(self) -> bool:
-        """Whether the executor runs jobs on this machine (its ``start`` takes ``cores``): only then
-        do they hold this machine's resources. Another (Ray) places and limits them itself."""
-        return "cores" in inspect.signature(self.executor.start).parameters
 
     def is_active(self, job_id: str) -> bool:
         return job_id in self._runs
@@ -244,7 +237,7 @@ class JobManager:
     # -- lifecycle ------------------------------------------------------------
     async def _acquire_slot(self, run: _Run) -> None:
         kind = self.store.get_job(run.job_id).actual_cloud_instance_type.name
-        res = self.resources if self._runs_here() else None  # else the executor finds room itself
+        res = self.resources if self.executor.runs_here else None  # else the executor finds room itself
         async with self._slot:
             while True:
                 ahead = self._queue.index(run.job_id)
@@ -332,7 +325,7 @@ class JobManager:
         workdir.mkdir(parents=True)
         values = await asyncio.to_thread(self._materialize, job, workdir)
         env = self._base_env(job, workdir)
-        if self.environments is not None and not getattr(self.executor, "builds_environments", False):
+        if self.environments is not None and not self.executor.builds_environments:
             env = await self._environment(run, job, env, jl)  # else on the node (Ray, workdir node)
         cmd = substitute(p.cmd, values)
         jl.system(f"running: {cmd}")
@@ -396,7 +389,7 @@ class JobManager:
         and the watch on its memory. Only an executor of processes here (one whose ``start`` takes
         ``cores``) gets them: another places and limits its jobs itself."""
         a = run.allotment
-        if a is None or not self._runs_here():
+        if a is None or not self.executor.runs_here:
             return await self.executor.start(cmd, workdir, env, sink), None
         jl.system(a.describe())
         env = a.apply_env(env, self.store.get_job(run.job_id).job_parameters.env.vars)

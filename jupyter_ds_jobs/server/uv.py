@@ -27,7 +27,7 @@ from pathlib import Path
 
 from jupyter_ds_jobs.common.errors import FailedPrecondition
 
-__all__ = ["NETWORK_ERROR", "EnvironmentBuildError", "LogFn", "Uv", "tree_size"]
+__all__ = ["NETWORK_ERROR", "EnvironmentBuildError", "LogFn", "Uv", "find_uv", "tree_size"]
 
 LogFn = Callable[[str], None]
 
@@ -80,6 +80,16 @@ async def _pump(
         line_out(buf)
 
 
+def find_uv() -> str | None:
+    """The ``uv`` package's own binary (a dependency), else ``uv`` on PATH; None without either."""
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
 class Uv:
     """uv as the environment cache runs it (see the module docstring)."""
 
@@ -90,15 +100,10 @@ class Uv:
 
     def binary(self) -> str:
         if self._binary is None:
-            try:
-                from uv import find_uv_bin
-
-                self._binary = find_uv_bin()
-            except (ImportError, FileNotFoundError):
-                found = shutil.which("uv")
-                if found is None:
-                    raise FailedPrecondition("uv is not installed on the server (pip install uv)") from None
-                self._binary = found
+            found = find_uv()
+            if found is None:
+                raise FailedPrecondition("uv is not installed on the server (pip install uv)")
+            self._binary = found
         return self._binary
 
     def environment(self) -> dict[str, str]:

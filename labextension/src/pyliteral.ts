@@ -184,28 +184,8 @@ export interface NotebookParameter {
   comment: string;
 }
 
-/** Where a `#` outside quotes starts on `line`, or -1. */
-function commentStart(line: string): number {
-  let quote = '';
-  for (let i = 0; i < line.length; i++) {
-    const c = line[i];
-    if (quote) {
-      if (c === '\\') {
-        i++;
-      } else if (c === quote) {
-        quote = '';
-      }
-    } else if (c === '"' || c === "'") {
-      quote = c;
-    } else if (c === '#') {
-      return i;
-    }
-  }
-  return -1;
-}
-
-function depth(text: string): number {
-  let d = 0;
+/** The characters of `text` outside string literals, with their indices. */
+function* unquoted(text: string): Generator<[number, string]> {
   let quote = '';
   for (let i = 0; i < text.length; i++) {
     const c = text[i];
@@ -217,7 +197,27 @@ function depth(text: string): number {
       }
     } else if (c === '"' || c === "'") {
       quote = c;
-    } else if ('([{'.includes(c)) {
+    } else {
+      yield [i, c];
+    }
+  }
+}
+
+/** Where a `#` outside quotes starts on `line`, or -1. */
+function commentStart(line: string): number {
+  for (const [i, c] of unquoted(line)) {
+    if (c === '#') {
+      return i;
+    }
+  }
+  return -1;
+}
+
+/** How many brackets `text` leaves open (outside quotes). */
+function depth(text: string): number {
+  let d = 0;
+  for (const [, c] of unquoted(text)) {
+    if ('([{'.includes(c)) {
       d++;
     } else if (')]}'.includes(c)) {
       d--;

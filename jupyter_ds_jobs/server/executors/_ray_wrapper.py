@@ -67,10 +67,15 @@ def retrying(fn: Any) -> Any:
     return None
 
 
-def call(url: str, path: tuple[str, str], data: bytes | None = None, timeout: float = 30.0) -> Any:
+def action_url(url: str, action: str, extra: str = "") -> str:
+    """The channel's ``action`` (``spec``, ``out``, ``file``, ...), signed, with ``extra`` query."""
     base, _, query = url.partition("?")
+    return f"{base}/{action}?{query}{extra}"
+
+
+def call(url: str, path: tuple[str, str], data: bytes | None = None, timeout: float = 30.0) -> Any:
     req = urllib.request.Request(
-        f"{base}/{path[0]}?{query}{path[1]}", data=data, method="POST" if data is not None else "GET"
+        action_url(url, *path), data=data, method="POST" if data is not None else "GET"
     )
 
     def once() -> Any:
@@ -105,8 +110,7 @@ def relay_signals(url: str, pgid: int, done: threading.Event) -> None:
 
 
 def file_url(url: str, rel: str) -> str:
-    base, _, query = url.partition("?")
-    return f"{base}/file?{query}&path={urllib.parse.quote(rel)}"
+    return action_url(url, "file", f"&path={urllib.parse.quote(rel)}")
 
 
 def fetch_files(url: str, files: list[list[Any]], root: str) -> None:
@@ -245,7 +249,7 @@ def rewrite(value: Any, moves: dict[str, str]) -> Any:
     """``value`` (a string, or lists / dicts of them) with each server path moved to this node's."""
     if isinstance(value, str):
         for old, new in moves.items():
-            if old and (value == old or old in value):
+            if old:
                 value = value.replace(old, new)
         return value
     if isinstance(value, list):
@@ -288,8 +292,7 @@ def on_node(url: str, spec: dict[str, Any], emit: Any) -> tuple[dict[str, Any], 
                         extra.add(os.path.dirname(line.partition("=")[2].strip()))
         policy["ro"] = sorted({*policy["ro"], *extra} - {""})
         apply = os.path.join(root, "apply.py")
-        base, _, query = url.partition("?")
-        with urllib.request.urlopen(f"{base}/apply?{query}", timeout=60) as r, open(apply, "wb") as f:
+        with urllib.request.urlopen(action_url(url, "apply"), timeout=60) as r, open(apply, "wb") as f:
             shutil.copyfileobj(r, f)
         spec["policy"], spec["apply_script"] = policy, apply
     return spec, root

@@ -123,6 +123,9 @@ class LocalExecutor:
     """Runs ``cmd`` in ``cwd`` (with bash unless it is a plain command), confined by ``sandbox``;
     stdout and stderr go to ``sink`` as they come."""
 
+    runs_here = True  # see executors.base.Executor
+    builds_environments = False
+
     def __init__(self, sandbox: Sandbox | None = None) -> None:
         self.sandbox = sandbox
 

@@ -42,13 +42,12 @@ import tornado.web
 
 from jupyter_ds_jobs.common.contract import MAX_FILE_BYTES, is_safe_relpath
 from jupyter_ds_jobs.server.executors import _ray_wrapper, _sandbox_apply
-from jupyter_ds_jobs.server.executors.base import OutputSink
+from jupyter_ds_jobs.server.executors.base import PROGRESS_FILE, OutputSink
 
 __all__ = ["Channel", "RayChannels"]
 
 POLL_S = 25.0
 PROGRESS_SOURCE = 3
-PROGRESS_FILE = "job_progress.jsonl"  # the runtime reads it (server/runtime.py)
 CHUNK = 1 << 20
 _SOURCES: dict[str, str] = {}
 
@@ -172,10 +171,9 @@ class ChannelHandler(tornado.web.RequestHandler):
             if chunk and source == PROGRESS_SOURCE:
                 with open(ch.workdir / PROGRESS_FILE, "ab") as f:
                     f.write(chunk)
-                ch.offsets[source] = have + len(chunk)
             elif chunk:
                 ch.sink(source, chunk)
-                ch.offsets[source] = have + len(chunk)
+            ch.offsets[source] = have + len(chunk)
             self.finish({"offset": ch.offsets[source]})
         elif action == "exit":
             if not ch.exit.done():
@@ -204,7 +202,7 @@ def _safe_target(root: Path, rel: str) -> Path | None:
 @tornado.web.stream_request_body
 class FileHandler(tornado.web.RequestHandler):
     """A job's files, streamed both ways (never whole in memory): inputs out to a node, outputs
-    back from it. Writes go to a temp file renamed into place when the body is complete."""
+    back from it. Writes go to a temp file, linked into place when the body is complete."""
 
     channels: RayChannels
 
@@ -212,6 +210,7 @@ class FileHandler(tornado.web.RequestHandler):
         self.channels = channels
         self._out: IO[bytes] | None = None
         self._tmp: Path | None = None
+        self._dest: Path | None = None
         self._size = 0
 
     def prepare(self) -> None:
@@ -229,7 +228,7 @@ class FileHandler(tornado.web.RequestHandler):
         if isinstance(conn, tornado.http1connection.HTTP1Connection):
             conn.set_max_body_size(MAX_FILE_BYTES)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = dest.with_name(f".{dest.name}.part-{secrets.token_hex(4)}")
+        self._dest, self._tmp = dest, dest.with_name(f".{dest.name}.part-{secrets.token_hex(4)}")
         self._out = open(self._tmp, "xb")  # noqa: SIM115  # closed in put / on_finish
 
     def data_received(self, chunk: bytes) -> None:
@@ -238,13 +237,12 @@ class FileHandler(tornado.web.RequestHandler):
             self._out.write(chunk)
 
     def put(self, key: str) -> None:
-        if self._out is None or self._tmp is None:
+        if self._out is None or self._tmp is None or self._dest is None:
             return
         self._out.close()
         self._out = None
-        dest = self._tmp.with_name(self._tmp.name.split(".part-")[0][1:])
         try:
-            os.link(self._tmp, dest)  # never over what is there (a link the job left, say)
+            os.link(self._tmp, self._dest)  # never over what is there (a link the job left, say)
         except FileExistsError:
             self.send_error(409, reason="the output path exists")
             return

@@ -6,9 +6,10 @@ self-contained wrapper ``_ray_wrapper.py`` with the job's signed channel URL (``
 the wrapper fetches the command's spec, runs it, posts stdout and stderr with their offsets as
 they are written, relays signals and reports the exit code.
 
-Resources: the job's instance type (``contract.INSTANCE_TYPES``) becomes ``entrypoint_num_cpus``,
-``entrypoint_num_gpus`` and ``entrypoint_memory``; cpus and memory are clamped to what the cluster
-has, GPUs are not (a GPU type on a cluster without enough GPUs is refused). Ray cannot stop a
+Resources: the job's instance type (the server's profiles, ``server/resources.py``) becomes
+``entrypoint_num_cpus``, ``entrypoint_num_gpus``, ``entrypoint_memory`` and
+``entrypoint_resources``; cpus and memory are clamped to what the cluster has, GPUs and custom
+resources are not (a type the cluster cannot hold is refused). Ray cannot stop a
 PENDING job, so a job is submitted only when the cluster reports room for it (its usage beside
 what this executor has submitted and not seen end).
 
@@ -27,7 +28,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import stat
 import sys
@@ -37,14 +37,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from jupyter_ds_jobs.common.contract import INSTANCE_TYPES
 from jupyter_ds_jobs.common.errors import Aborted, FailedPrecondition, ResourceExhausted, Unavailable
 from jupyter_ds_jobs.server.environments import EnvSpec
-from jupyter_ds_jobs.server.executors.base import OutputSink
+from jupyter_ds_jobs.server.executors.base import PROGRESS_FILE, OutputSink
 from jupyter_ds_jobs.server.executors.local import SHELL, direct_argv
-from jupyter_ds_jobs.server.executors.ray_channel import PROGRESS_FILE, Channel, RayChannels
-from jupyter_ds_jobs.server.resources import Profile, gib
+from jupyter_ds_jobs.server.executors.ray_channel import Channel, RayChannels
+from jupyter_ds_jobs.server.resources import GIB, Profile, default_profiles, gib
 from jupyter_ds_jobs.server.sandbox import APPLY_SCRIPT, JobSandbox, Sandbox
+from jupyter_ds_jobs.server.uv import find_uv
 from jupyter_ds_jobs.server.validation import placed
 
 __all__ = ["RayExecutor", "RayProcess", "job_instance_type"]
@@ -53,6 +53,7 @@ WRAPPER = str(Path(__file__).with_name("_ray_wrapper.py"))
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 _POLL_S = 0.5
 _USAGE_LAG_S = 15.0  # how long the dashboard's usage may still count a job that ended
+_KEYS = ("CPU", "GPU", "memory")  # what _held counts, as the dashboard names them
 MARKER = ".ds-ray-shared"
 WORKDIR_MODES = ("auto", "shared", "node")
 
@@ -69,6 +70,15 @@ def _resources(profile: Profile | None, totals: Mapping[str, float]) -> tuple[fl
             )
     mem = min(profile.memory_bytes, int(totals.get("memory", 0)))
     return min(float(profile.cpus), totals.get("CPU", 1.0)), profile.gpus, mem
+
+
+def _free(
+    key: str, usage: Mapping[str, tuple[float, float]], ours: Mapping[str, float], gone: Mapping[str, float]
+) -> float:
+    """What the cluster has free of ``key``: what we submitted counts even before the dashboard
+    reports it, and what we gave back lately no longer counts though it still reports it."""
+    used, total = usage.get(key, (0.0, 0.0))
+    return total - max(used - gone.get(key, 0.0), ours.get(key, 0.0))
 
 
 class RayProcess:
@@ -99,7 +109,7 @@ class RayProcess:
             if done:
                 if self.ch.memory_exceeded:
                     raise ResourceExhausted(
-                        f"the job exceeded the memory of its instance type ({gib(self.held[2] / 2**30)}) "
+                        f"the job exceeded the memory of its instance type ({gib(self.held[2] / GIB)}) "
                         "and was killed on the Ray node"
                     )
                 return self.ch.exit.result()
@@ -132,7 +142,7 @@ class RayProcess:
 
 class RayExecutor:
     """Submits each command as a Ray job on the cluster at ``address`` (the Jobs API address or
-    ``auto``); ``instance_type(job_id)`` names the job's instance type."""
+    ``auto``); ``job_of(job_id)`` is the job (its instance type, outputs and environment)."""
 
     def __init__(
         self,
@@ -162,6 +172,8 @@ class RayExecutor:
         self._held = [0.0, 0.0, 0.0]  # cpus, gpus, memory submitted and not seen end
         self._released: list[tuple[float, tuple[float, ...]]] = []  # (when, what) given back
         self._room = asyncio.Lock()
+
+    runs_here = False  # Ray places and limits its jobs: they hold none of this machine's resources
 
     @property
     def builds_environments(self) -> bool:
@@ -200,31 +212,22 @@ class RayExecutor:
         self._released = [(t, h) for t, h in self._released if now - t < _USAGE_LAG_S]
         return [sum(h[i] for _, h in self._released) for i in range(3)]
 
-    def profile(self, job_id: str) -> Profile | None:
-        """The job's instance type as this server defines it (its --instance-types-file too)."""
-        name = job_instance_type(self.job_of(job_id)) or ""
-        return self.profiles.get(name) or (
-            Profile(name, it.cpus, float(it.memory_gib), it.gpus)
-            if (it := INSTANCE_TYPES.get(name))
-            else None
-        )
+    def profile(self, job: Any) -> Profile | None:
+        """The job's instance type as this server defines it (its --instance-types-file too; the
+        built-in table for a type it no longer accepts)."""
+        name = job_instance_type(job) or ""
+        return self.profiles.get(name) or default_profiles().get(name)
 
     async def _wait_for_room(self, profile: Profile | None) -> tuple[float, int, int]:
         """Hold the job's resources once the cluster has room for them."""
-        custom = profile.ray_resources if profile is not None else ()
         async with self._room:
             while True:
                 usage = await asyncio.to_thread(self.cluster)
-                totals = {k: t for k, (_, t) in usage.items()}
-                want = _resources(profile, totals)
-                keys = ("CPU", "GPU", "memory", *(k for k, _ in custom))
-                held = [*self._held, *(0.0 for _ in custom)]
-                gone = [*self._recently_released(), *(0.0 for _ in custom)]
-                used = [max(usage.get(k, (0.0, 0.0))[0] - g, 0.0) for k, g in zip(keys, gone, strict=True)]
-                if all(
-                    w <= usage.get(k, (0.0, 0.0))[1] - max(u, h) + 1e-9
-                    for k, w, u, h in zip(keys, [*want, *(v for _, v in custom)], used, held, strict=True)
-                ):
+                want = _resources(profile, {k: t for k, (_, t) in usage.items()})
+                need = dict(zip(_KEYS, want, strict=True)) | dict(profile.ray_resources if profile else ())
+                ours = dict(zip(_KEYS, self._held, strict=True))
+                gone = dict(zip(_KEYS, self._recently_released(), strict=True))
+                if all(amount <= _free(key, usage, ours, gone) + 1e-9 for key, amount in need.items()):
                     for i, w in enumerate(want):
                         self._held[i] += w
                     return want
@@ -272,14 +275,14 @@ class RayExecutor:
         if shared:
             return spec
         spec["files"] = _manifest(cwd)
-        p = job_proto.job_parameters if job_proto is not None else None
-        spec["outputs"] = [str(placed(d.path, d.var, "outputs")) for d in p.output_files] if p else []
-        env_spec = EnvSpec.from_proto(p.env.python_env) if p is not None else None
-        if env_spec is not None and env_spec.requirements:
+        p = job_proto.job_parameters
+        spec["outputs"] = [str(placed(d.path, d.var, "outputs")) for d in p.output_files]
+        env_spec = EnvSpec.from_proto(p.env.python_env)
+        if env_spec.requirements:
             env_spec = dataclasses.replace(env_spec, find_links=self.find_links)
             spec["python_env"] = {
                 "python": env_spec.python_version, "requirements": list(env_spec.requirements),
-                "options": env_spec.uv_install_args(), "uv": _server_uv(),
+                "options": env_spec.uv_install_args(), "uv": [uv] if (uv := find_uv()) else [],
                 "server_venv": job.env.get("VIRTUAL_ENV", ""),
             }  # fmt: skip
         return spec
@@ -290,10 +293,11 @@ class RayExecutor:
         return f"{self.node_python} -I -S -c '{_BOOTSTRAP}' '{url}'"
 
     async def _submit(self, cmd: str, cwd: Path, job: JobSandbox, sink: OutputSink) -> RayProcess:
-        profile = self.profile(cwd.name)
+        job_proto = self.job_of(cwd.name)
+        profile = self.profile(job_proto)
         cpus, gpus, mem = await self._wait_for_room(profile)
         try:
-            spec = await asyncio.to_thread(self._spec, cmd, cwd, job, gpus, self.job_of(cwd.name))
+            spec = await asyncio.to_thread(self._spec, cmd, cwd, job, gpus, job_proto)
         except BaseException:
             self.release((cpus, gpus, mem))
             raise
@@ -344,16 +348,6 @@ def _manifest(cwd: Path) -> list[list[Any]]:
             if stat.S_ISREG(st.st_mode) and name != MARKER:
                 out.append([os.path.relpath(os.path.join(dirpath, name), cwd), st.st_size, st.st_mode])
     return out
-
-
-def _server_uv() -> list[str]:
-    """The server's uv binary (a node on this machine or with the same paths can use it)."""
-    with contextlib.suppress(ImportError, FileNotFoundError):
-        from uv import find_uv_bin
-
-        return [find_uv_bin()]
-    found = shutil.which("uv")
-    return [found] if found else []
 
 
 def job_instance_type(job: Any) -> str | None:

@@ -213,6 +213,9 @@ class _Zygote:
 class ZygoteExecutor:
     """Cell jobs (``python _ds_runner.py``) fork a warm interpreter; other commands start plainly."""
 
+    runs_here = True  # see executors.base.Executor
+    builds_environments = False
+
     def __init__(self, sandbox: Sandbox | None = None) -> None:
         self.plain = LocalExecutor(sandbox)
         self._zygotes: dict[str, _Zygote] = {}
